@@ -1,0 +1,112 @@
+"""Typed parameters of a clustering run; importable without torch (the API validates with it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+Method = Literal["mmdc", "imc", "kmeans"]
+Backbone = Literal["auto", "resnet18", "vgg"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+METHOD_NAMES: tuple[str, ...] = ("mmdc", "imc", "kmeans")
+MAX_K = 1000
+
+
+@dataclass(frozen=True)
+class MMDCParams:
+    """MMDC hyperparameters (algorithms.md §1.10); defaults follow the reference MNIST/CIFAR runs."""
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # applied only to tensors with >= 2 dims
+    sigma: float = 0.0  # GMM spread on the sphere; 0 = the reference default (one-hot targets)
+    means: Literal["one_hot", "random"] = "one_hot"
+    # Fractions of `epochs`, so short runs keep the reference shape (MNIST: 20/50, 40/50).
+    refine_start: float = 0.4
+    lr_decay_at: float = 0.8
+    lr_decay_gamma: float = 0.1
+    rotation: bool | None = None  # None = on for the ResNet backbone, off for the small VGG
+    crop_fractions: tuple[float, ...] = (0.75, 0.625, 0.5)  # of the working size (MNIST 24/20/16 of 32)
+    flip: bool | None = None  # None = on for colour images
+    color_jitter: bool | None = None  # None = on for colour images
+    rotate_degrees: float | None = None  # None = 25 for grey-scale images, 0 for colour
+    kmeans_restarts: int = 3
+
+
+@dataclass(frozen=True)
+class IMCParams:
+    """IMC-SwAV hyperparameters (algorithms.md §2)."""
+
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.8, 0.999)
+    weight_decay: float = 1e-5  # coupled L2, as the reference (not AdamW)
+    warmup_iters: int = 500
+    freeze_prototypes_iters: int = 500
+    lr_milestones: tuple[float, ...] = (0.3, 0.6, 0.8)  # fractions of `epochs` (150/300/400 of 500)
+    lr_gamma: float = 0.4
+    prototypes: int | None = None  # None = min(1000, max(10 k, N / 10)), see core/methods/imc.py
+    project_dim: int = 128
+    epsilon: float = 0.05
+    sinkhorn_iters: int = 3
+    temperature: float = 0.1
+    beta: float = 4.0
+    high_crop: float = 0.875  # fraction of the working size (CIFAR 28 of 32)
+    low_crop: float = 0.5625  # (CIFAR 18 of 32)
+    n_high: int = 2
+    n_low: int = 4
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Everything that determines a run's result, given the images and the seed."""
+
+    k: int
+    method: Method = "mmdc"
+    epochs: int | None = None  # None = the method's default for the data size
+    seed: int = 0
+    batch_size: int | None = None  # None = 128 for MMDC, 256 for IMC (capped at N)
+    image_size: int | None = None  # working size; None = taken from the images
+    backbone: Backbone = "auto"
+    mmdc: MMDCParams = field(default_factory=MMDCParams)
+    imc: IMCParams = field(default_factory=IMCParams)
+
+    def validate(self, n_images: int | None = None) -> None:
+        """Raise ValueError naming the parameter and the fix."""
+        if self.method not in METHOD_NAMES:
+            raise ValueError(f"method={self.method!r} is unknown; use one of {', '.join(METHOD_NAMES)}")
+        if not 2 <= self.k <= MAX_K:
+            raise ValueError(f"k={self.k} is out of range; use 2 <= k <= {MAX_K}")
+        if n_images is not None and self.k > n_images:
+            raise ValueError(f"k={self.k} exceeds the {n_images} images given; lower k")
+        if self.epochs is not None and not 1 <= self.epochs <= 10_000:
+            raise ValueError(f"epochs={self.epochs} is out of range; use 1..10000")
+        if self.batch_size is not None and not 2 <= self.batch_size <= 8192:
+            raise ValueError(f"batch_size={self.batch_size} is out of range; use 2..8192")
+        if self.image_size is not None and not 16 <= self.image_size <= 256:
+            raise ValueError(f"image_size={self.image_size} is out of range; use 16..256")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClusterConfig:
+        """Inverse of to_dict; unknown keys raise so a typo never silently changes a run."""
+        data = dict(data)
+        mmdc = _params_from(MMDCParams, data.pop("mmdc", None))
+        imc = _params_from(IMCParams, data.pop("imc", None))
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return cls(**data, mmdc=mmdc, imc=imc)
+
+    def with_(self, **changes: Any) -> ClusterConfig:
+        return replace(self, **changes)
+
+
+def _params_from(kind: type, data: dict[str, Any] | None) -> Any:
+    if not data:
+        return kind()
+    tuples = {f.name for f in fields(kind) if str(f.type).startswith("tuple")}
+    return kind(**{key: tuple(v) if key in tuples and v is not None else v for key, v in data.items()})

@@ -1,0 +1,192 @@
+"""Decode a folder, an archive or a list of files of images once into a uint8 tensor (N, C, S, S).
+
+Order of results: inputs sorted by their relative path (POSIX separators, case-sensitive
+code-point order), skipped files removed. Grey-scale sets stay 1-channel; a set with any colour
+image becomes RGB. EXIF orientation is applied; animated formats give their first frame. Each
+image is centre-cropped to a square and resized to the working size S (auto: 32 px when the
+median image side is at most 48 px, else 64 px).
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+DEFAULT_MAX_PIXELS = 50_000_000
+
+Opener = Callable[[], bytes]
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # (N, C, S, S) uint8
+    paths: list[str]  # relative path of each kept image, in result order
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    labels: np.ndarray | None = None  # (N,) class index when there is one top folder per class
+    class_names: list[str] = field(default_factory=list)
+
+
+def auto_image_size(sides: Sequence[int]) -> int:
+    """32 px for small images (MNIST, CIFAR), 64 px for anything larger."""
+    return 32 if float(np.median(sides)) <= 48 else 64
+
+
+def read_images(path: str | Path, image_size: int | None = None) -> ImageSet:
+    """Read a folder or a zip/tar(.gz) archive of images."""
+    path = Path(path)
+    if path.is_dir():
+        sources = _folder_sources(path)
+    elif zipfile.is_zipfile(path):
+        sources = _zip_sources(path)
+    elif tarfile.is_tarfile(path):
+        sources = _tar_sources(path)
+    elif path.exists():
+        raise ValueError(f"{path} is neither a folder nor a zip/tar archive")
+    else:
+        raise ValueError(f"{path} does not exist")
+    return decode_sources(sources, image_size=image_size)
+
+
+def decode_files(files: Sequence[tuple[str, Path]], image_size: int | None = None) -> ImageSet:
+    """Decode stored files; `files` pairs each display path with where its bytes are."""
+    return decode_sources({name: file.read_bytes for name, file in files}, image_size=image_size)
+
+
+def decode_sources(
+    sources: dict[str, Opener],
+    image_size: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ImageSet:
+    """Two passes: headers (size, mode) to fix S and C, then one full decode per image."""
+    skipped: list[tuple[str, str]] = []
+    headers: dict[str, tuple[int, int, str]] = {}
+    for name in sorted(sources):
+        if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append((name, "not_an_image"))
+            continue
+        try:
+            headers[name] = _header(sources[name](), max_pixels)
+        except _Skip as skip:
+            skipped.append((name, skip.reason))
+    if not headers:
+        return ImageSet(torch.zeros(0, 1, image_size or 32, image_size or 32, torch.uint8), [], skipped)
+    size = image_size or auto_image_size([max(w, h) for w, h, _ in headers.values()])
+    grey = all(mode in GREY_MODES for _, _, mode in headers.values())
+    arrays, paths = [], []
+    for name in headers:
+        try:
+            arrays.append(_decode(sources[name](), size, "L" if grey else "RGB"))
+            paths.append(name)
+        except _Skip as skip:
+            skipped.append((name, skip.reason))
+    images = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, 1, size, size, torch.uint8)
+    labels, class_names = folder_labels(paths)
+    return ImageSet(images, paths, sorted(skipped), labels, class_names)
+
+
+def folder_labels(paths: Sequence[str]) -> tuple[np.ndarray | None, list[str]]:
+    """Class per image when every image sits under a top-level folder and there are >= 2 folders."""
+    tops = [PurePosixPath(p).parts[0] if len(PurePosixPath(p).parts) > 1 else None for p in paths]
+    if not tops or any(t is None for t in tops):
+        return None, []
+    names = sorted({t for t in tops if t is not None})
+    if len(names) < 2:
+        return None, []
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[t] for t in tops if t is not None], dtype=np.int64), names
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise _Skip("empty_file")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as error:
+        raise _Skip("unreadable_image") from error
+    except Exception as error:  # Pillow raises many types for hostile headers
+        raise _Skip("unreadable_image") from error
+    if image.format not in ALLOWED_FORMATS:
+        raise _Skip("format_not_allowed")
+    return image
+
+
+def _header(data: bytes, max_pixels: int) -> tuple[int, int, str]:
+    image = _open(data)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise _Skip("too_many_pixels")
+    if width < 1 or height < 1:
+        raise _Skip("unreadable_image")
+    return width, height, image.mode
+
+
+def _decode(data: bytes, size: int, mode: str) -> np.ndarray:
+    """(C, S, S) uint8: EXIF-rotated, first frame, centre-cropped square, resized."""
+    image = _open(data)
+    try:
+        image.seek(0)
+        image = ImageOps.exif_transpose(image) or image
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            image = ImageOps.autocontrast(image.convert("F").convert("L"))
+        image = image.convert("RGBA").convert(mode) if "A" in image.mode or image.mode == "P" else image.convert(mode)
+        image = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+    except Exception as error:  # truncated or corrupt pixel data
+        raise _Skip("corrupt_image") from error
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy()
+
+
+def _folder_sources(root: Path) -> dict[str, Opener]:
+    return {
+        file.relative_to(root).as_posix(): file.read_bytes
+        for file in root.rglob("*")
+        if file.is_file() and not file.is_symlink() and not _hidden(file.relative_to(root).as_posix())
+    }
+
+
+def _zip_sources(path: Path) -> dict[str, Opener]:
+    archive = zipfile.ZipFile(path)
+    members = [m for m in archive.infolist() if not m.is_dir() and not _hidden(m.filename)]
+    return {m.filename: (lambda m=m: archive.read(m)) for m in members}
+
+
+def _tar_sources(path: Path) -> dict[str, Opener]:
+    archive = tarfile.open(path)
+    members = [m for m in archive.getmembers() if m.isfile() and not _hidden(m.name)]
+
+    def reader(member: tarfile.TarInfo) -> Opener:
+        def read() -> bytes:
+            handle = archive.extractfile(member)
+            return handle.read() if handle else b""
+
+        return read
+
+    return {m.name: reader(m) for m in members}
+
+
+def _hidden(name: str) -> bool:
+    """Dot-files and macOS resource forks are never images of the set."""
+    parts = PurePosixPath(name).parts
+    return any(part.startswith(".") or part == "__MACOSX" for part in parts)
+
+
+def iter_batches(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
