@@ -1,0 +1,43 @@
+"""What every method receives besides images and config, and what it hands back."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.result import Progress, ProgressCallback
+
+
+@dataclass
+class RunContext:
+    device: torch.device
+    generator: torch.Generator  # on `device`; every random draw of a run comes from it
+    on_progress: ProgressCallback | None = None
+    checkpoint: Path | None = None
+    labels: np.ndarray | None = None  # known classes, only for the per-epoch quality curve
+    eval_every: int = 0  # epochs between quality evaluations (0 = only at the end)
+    started: float = field(default_factory=time.perf_counter)
+
+    def report(self, stage: str, epoch: int, epochs: int, **metrics: float) -> None:
+        if self.on_progress is not None:
+            self.on_progress(Progress(stage, epoch, epochs, dict(metrics)))
+
+    def should_evaluate(self, epoch: int, epochs: int) -> bool:
+        return self.labels is not None and self.eval_every > 0 and (
+            epoch % self.eval_every == 0 or epoch == epochs
+        )
+
+
+@dataclass
+class MethodOutput:
+    labels: torch.Tensor  # (N,) int64
+    confidences: torch.Tensor  # (N,)
+    embeddings: torch.Tensor  # (N, d)
+    centres: torch.Tensor  # (k, d)
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+    train_seconds: float = 0.0

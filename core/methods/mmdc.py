@@ -1,0 +1,261 @@
+"""MMDC — Multi-Modal Deep Clustering (Shiran & Weinshall, ICPR 2020, arXiv 1912.02678).
+
+Unit-norm embeddings regress onto targets sampled once from a k-component mixture on the
+sphere (σ = 0: the one-hot means). Each batch first re-permutes its own targets among its
+images with the Hungarian algorithm (cost ‖z_i − t_j‖, §1.5), then takes an SGD step on the MSE
+(§1.4). ResNet runs alternate a full rotation-prediction epoch with each clustering epoch
+(§1.6). From the refinement epoch on, k-means on all embeddings gives fixed one-hot targets whose
+ids are aligned with the previous ones (§1.8). Cluster = nearest mixture mean (§1.9).
+Section numbers refer to docs/algorithms.md.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.assign import hungarian
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.config import ClusterConfig, MMDCParams
+from core.context import MethodOutput, RunContext
+from core.data import augment
+from core.metrics import evaluate
+from core.models.backbones import build_backbone, choose_backbone
+from core.models.heads import SphereHead, linear_head
+from core.refine import kmeans_targets
+from core.runtime import autocast, channels_last, infer, prepare_model, sgd_param_groups
+
+GREY_CROPS = (24 / 28, 20 / 28, 16 / 28)  # the reference MNIST crops, as fractions of the side
+COLOUR_CROPS = (20 / 32,)  # the reference CIFAR crop
+CONFIDENCE_TEMPERATURE = 0.1
+DEFAULT_EPOCHS = 50
+
+
+@dataclass(frozen=True)
+class Plan:
+    """MMDC settings resolved for one image set (the `None` defaults of MMDCParams filled in)."""
+
+    epochs: int
+    batch_size: int
+    backbone: str
+    rotation: bool
+    crops: tuple[float, ...]
+    flip: bool
+    jitter: bool
+    rotate_degrees: float
+    refine_epoch: int
+    decay_epoch: int
+
+
+def make_plan(config: ClusterConfig, n: int, channels: int, size: int) -> Plan:
+    p: MMDCParams = config.mmdc
+    colour = channels == 3
+    backbone = choose_backbone(config.backbone, channels, size)
+    epochs = config.epochs or DEFAULT_EPOCHS
+    default_crops = COLOUR_CROPS if colour else GREY_CROPS
+    return Plan(
+        epochs=epochs,
+        batch_size=min(config.batch_size or 128, n),
+        backbone=backbone,
+        rotation=p.rotation if p.rotation is not None else backbone == "resnet18",
+        crops=tuple(p.crop_fractions) if p.crop_fractions else default_crops,
+        flip=p.flip if p.flip is not None else colour,
+        jitter=p.color_jitter if p.color_jitter is not None else colour,
+        rotate_degrees=p.rotate_degrees if p.rotate_degrees is not None else (0.0 if colour else 25.0),
+        refine_epoch=round(p.refine_start * epochs),
+        decay_epoch=round(p.lr_decay_at * epochs),
+    )
+
+
+class MMDCNet(nn.Module):
+    def __init__(self, backbone: nn.Module, k: int, rotation: bool):
+        super().__init__()
+        self.backbone = backbone
+        self.cluster_head = SphereHead(backbone.feature_dim, k)  # d = k (§1.2)
+        self.rotation_head = linear_head(backbone.feature_dim, 4) if rotation else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cluster_head(self.backbone(x))  # (B, k), unit norm
+
+    def rotation_logits(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.rotation_head is not None
+        return self.rotation_head(self.backbone(x))  # (B, 4)
+
+
+def sample_targets(n: int, k: int, params: MMDCParams, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n targets (one per image) from the k-component mixture on the sphere, and its means (§1.3)."""
+    device = g.device
+    if params.means == "one_hot":
+        means = torch.eye(k, device=device)
+    else:
+        means = F.normalize(torch.rand(k, k, generator=g, device=device) * 0.2 - 0.1, dim=1)
+    components = torch.randint(k, (n,), generator=g, device=device)
+    targets = means[components] + params.sigma * torch.randn(n, k, generator=g, device=device)
+    return F.normalize(targets, dim=1), means
+
+
+def reassign_batch(z: torch.Tensor, batch_targets: torch.Tensor) -> torch.Tensor:
+    """Permute a batch's own targets among its images to minimise Σ‖z_i − t_π(i)‖ (§1.5)."""
+    cost = torch.cdist(z.float(), batch_targets.float())  # (B, B) plain Euclidean distance
+    perm = hungarian(cost.cpu().numpy())
+    return batch_targets[torch.from_numpy(perm).to(batch_targets.device)]
+
+
+def readout(z: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest mean (= argmax of z for one-hot means) and confidence = softmax(cos / 0.1) of it."""
+    similarity = z @ means.T  # (N, k); both unit norm, so nearest mean = most similar
+    probabilities = torch.softmax(similarity / CONFIDENCE_TEMPERATURE, dim=1)
+    confidence, labels = probabilities.max(1)
+    return labels, confidence
+
+
+class Trainer:
+    """The state of one MMDC run: model, optimiser, targets; one method per epoch phase."""
+
+    def __init__(self, images: torch.Tensor, config: ClusterConfig, ctx: RunContext):
+        self.images, self.config, self.ctx = images, config, ctx
+        n, channels, size = images.shape[0], images.shape[1], images.shape[-1]
+        self.plan = make_plan(config, n, channels, size)
+        self.size = size
+        backbone = build_backbone(self.plan.backbone, channels, size, stem_pool="mmdc")
+        self.model = prepare_model(MMDCNet(backbone, config.k, self.plan.rotation), ctx.device)
+        p = config.mmdc
+        self.optimizer = torch.optim.SGD(sgd_param_groups(self.model, p.weight_decay), lr=p.lr, momentum=p.momentum)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=[self.plan.decay_epoch], gamma=p.lr_decay_gamma
+        )
+        self.targets, self.means = sample_targets(n, config.k, p, ctx.generator)
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.train_seconds = 0.0
+
+    # -- views -------------------------------------------------------------------------------
+    def train_view(self, raw: torch.Tensor) -> torch.Tensor:
+        g, plan = self.ctx.generator, self.plan
+        x = augment.to_unit(raw)
+        if plan.jitter:  # jitter and grey-scale come before the geometry, as in the reference
+            x = augment.random_grayscale(augment.color_jitter(x, g), g, p=0.2)
+        return augment.random_crops(x, self.size, g, crop_fractions=plan.crops, flip=plan.flip,
+                                    max_degrees=plan.rotate_degrees)
+
+    def centre_view(self, raw: torch.Tensor) -> torch.Tensor:
+        return augment.centre_crops(raw, self.size, self.plan.crops[0])
+
+    # -- epochs ------------------------------------------------------------------------------
+    def rotation_epoch(self) -> float:
+        """One pass of 4-way rotation prediction; the four rotations share one forward (§1.6)."""
+        total, steps = 0.0, 0
+        for step, index in enumerate(self.shuffled_batches()):
+            rotated, labels = augment.rotations(self.images[index])  # (4B, C, S, S) uint8
+            x = augment.random_crops(rotated, self.size, self.ctx.generator, crop_fractions=self.plan.crops)
+            with autocast(self.ctx.device):
+                loss = F.cross_entropy(self.model.rotation_logits(channels_last(x)).float(), labels)
+            self.step(loss, step)
+            total, steps = total + float(loss.detach()), steps + 1
+        return total / max(steps, 1)
+
+    def clustering_epoch(self, reassign: bool) -> tuple[float, float]:
+        """Returns (mean loss, training images/s)."""
+        total, steps, seen, started = 0.0, 0, 0, time.perf_counter()
+        for step, index in enumerate(self.shuffled_batches()):
+            raw = self.images[index]
+            if reassign:
+                self.model.eval()  # the reference matches on eval-mode embeddings of the centre view
+                with torch.no_grad(), autocast(self.ctx.device):
+                    z_view = self.model(channels_last(self.centre_view(raw)))
+                self.model.train()
+                self.targets[index] = reassign_batch(z_view, self.targets[index])
+            with autocast(self.ctx.device):
+                z = self.model(channels_last(self.train_view(raw))).float()
+                loss = F.mse_loss(z, self.targets[index])  # = (2 - 2 z·t) / k per image (§1.4)
+            self.step(loss, step)
+            total, steps, seen = total + float(loss.detach()), steps + 1, seen + len(index)
+            if step % 50 == 0:
+                self.ctx.report("clustering", self.epoch, self.plan.epochs, loss=float(loss.detach()))
+        return total / max(steps, 1), seen / (time.perf_counter() - started)
+
+    def refine(self) -> None:
+        """k-means on all embeddings -> fixed one-hot targets aligned with the previous ids (§1.8)."""
+        self.ctx.report("refine", self.epoch, self.plan.epochs)
+        embeddings = self.embed()
+        self.targets = kmeans_targets(embeddings, self.targets.argmax(1), self.config.k,
+                                      generator=self.ctx.generator, restarts=self.config.mmdc.kmeans_restarts)
+
+    def step(self, loss: torch.Tensor, step: int) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"MMDC loss became {float(loss)} at epoch {self.epoch + 1}, step {step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def shuffled_batches(self) -> list[torch.Tensor]:
+        order = torch.randperm(self.images.shape[0], generator=self.ctx.generator, device=self.ctx.device)
+        parts = list(order.split(self.plan.batch_size))
+        if len(parts) > 1 and len(parts[-1]) < 2:  # BatchNorm needs two images in train mode
+            parts.pop()
+        return parts
+
+    def embed(self) -> torch.Tensor:
+        return infer(self.model, self.images, self.centre_view, self.ctx.device)  # (N, k)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict[str, object]:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "targets": self.targets.cpu(),
+            "means": self.means.cpu(), "generator": self.ctx.generator.get_state(),
+            "epoch": self.epoch, "history": self.history, "train_seconds": self.train_seconds,
+            "config": self.config.to_dict(), "n_images": self.images.shape[0],
+        }
+
+    def restore(self, state: dict[str, object]) -> None:
+        device = self.ctx.device
+        self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
+        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        self.scheduler.load_state_dict(state["scheduler"])  # type: ignore[arg-type]
+        self.targets = state["targets"].to(device)  # type: ignore[attr-defined]
+        self.means = state["means"].to(device)  # type: ignore[attr-defined]
+        self.ctx.generator.set_state(state["generator"])  # type: ignore[arg-type]
+        self.epoch = int(state["epoch"])  # type: ignore[call-overload]
+        self.history = list(state["history"])  # type: ignore[call-overload]
+        self.train_seconds = float(state["train_seconds"])  # type: ignore[arg-type]
+
+
+def train_mmdc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> MethodOutput:
+    """Train MMDC on `images` (N, C, S, S) uint8 on ctx.device; resume from ctx.checkpoint."""
+    trainer = Trainer(images, config, ctx)
+    plan = trainer.plan
+    saved = load_checkpoint(ctx.checkpoint, config=config.to_dict(), n_images=images.shape[0])
+    if saved is not None:
+        trainer.restore(saved)
+    resumed_from = trainer.epoch
+    ctx.report("setup", trainer.epoch, plan.epochs)
+    while trainer.epoch < plan.epochs:
+        started = time.perf_counter()
+        refining = trainer.epoch >= plan.refine_epoch
+        if refining:
+            trainer.refine()
+        rotation_loss = trainer.rotation_epoch() if plan.rotation else float("nan")
+        loss, images_per_s = trainer.clustering_epoch(reassign=not refining)
+        trainer.scheduler.step()
+        trainer.epoch += 1
+        trainer.train_seconds += time.perf_counter() - started
+        record = {"epoch": trainer.epoch, "loss": loss, "rotation_loss": rotation_loss,
+                  "images_per_s": images_per_s, "seconds": trainer.train_seconds}
+        if ctx.should_evaluate(trainer.epoch, plan.epochs):
+            assert ctx.labels is not None
+            record |= evaluate(ctx.labels, readout(trainer.embed(), trainer.means)[0].cpu().numpy())
+        trainer.history.append(record)
+        if ctx.checkpoint is not None:
+            save_checkpoint(ctx.checkpoint, trainer.state())
+        ctx.report("refine" if refining else "clustering", trainer.epoch, plan.epochs,
+                   **{key: value for key, value in record.items() if key != "epoch" and np.isfinite(value)})
+    embeddings = trainer.embed()
+    labels, confidences = readout(embeddings, trainer.means)
+    return MethodOutput(labels, confidences, embeddings, trainer.means, trainer.history, resumed_from,
+                        trainer.train_seconds)

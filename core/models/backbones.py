@@ -1,0 +1,78 @@
+"""Backbones for small images: torchvision's ResNet-18 with a 3x3 stride-1 stem, and MMDC's small VGG.
+
+Both return pooled/flattened features (B, feature_dim).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+StemPool = Literal["none", "mmdc"]
+
+
+def small_resnet18(in_channels: int, stem_pool: StemPool = "none") -> nn.Module:
+    """ResNet-18 for 32-64 px inputs (algorithms.md §1.2, §2.2); 512-d output.
+
+    stem_pool="mmdc" adds MMDC's MaxPool(2, stride 2, padding 1) after the stem, which makes the
+    network 2.6x cheaper at 32 px; "none" is the CIFAR variant IMC-SwAV uses.
+    """
+    net = resnet18(weights=None)
+    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.MaxPool2d(2, 2, padding=1) if stem_pool == "mmdc" else nn.Identity()
+    net.fc = nn.Identity()
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+    net.feature_dim = 512  # type: ignore[assignment]
+    return net
+
+
+class SmallVGG(nn.Module):
+    """MMDC's `small_vgg` for MNIST-like images: four conv-BN-ReLU-pool blocks, flattened.
+
+    The reference hard-codes 32 px (256*2*2 = 1024 features); here the flatten size follows
+    the input size.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, widths: tuple[int, ...] = (32, 64, 128, 256)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for width in widths:
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        side = image_size // 2 ** len(widths)
+        if side < 1:
+            raise ValueError(f"image_size={image_size} is too small for the small VGG; use >= 16")
+        self.feature_dim = channels * side * side
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)  # (B, feature_dim)
+
+
+def choose_backbone(requested: str, channels: int, image_size: int) -> str:
+    """The small VGG for grey-scale images up to 32 px (MNIST-like), ResNet-18 otherwise."""
+    if requested != "auto":
+        return requested
+    return "vgg" if channels == 1 and image_size <= 32 else "resnet18"
+
+
+def build_backbone(name: str, channels: int, image_size: int, stem_pool: StemPool) -> nn.Module:
+    if name == "vgg":
+        return SmallVGG(channels, image_size)
+    if name == "resnet18":
+        return small_resnet18(channels, stem_pool)
+    raise ValueError(f"backbone={name!r} is unknown; use auto, resnet18 or vgg")

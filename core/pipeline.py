@@ -1,0 +1,88 @@
+"""`cluster()`: the one entry point of the library."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.config import ClusterConfig
+from core.context import RunContext
+from core.methods import METHODS
+from core.metrics import evaluate
+from core.result import ClusterResult, ProgressCallback
+from core.runtime import pick_device
+
+log = logging.getLogger(__name__)
+
+
+def cluster(
+    images: torch.Tensor | np.ndarray,
+    config: ClusterConfig,
+    *,
+    labels: np.ndarray | None = None,
+    device: str | torch.device | None = None,
+    on_progress: ProgressCallback | None = None,
+    checkpoint: str | Path | None = None,
+    eval_every: int = 0,
+) -> ClusterResult:
+    """Cluster `images` (N, C, H, W) or (N, H, W) uint8 into config.k groups.
+
+    labels: known classes, only to score the result (ACC/NMI/ARI) — never used for training.
+    checkpoint: training state is saved there at every epoch end; an existing file resumes.
+    on_progress: called with a Progress during training; it may raise to stop the run.
+    eval_every: with labels, score every this many epochs into result.history.
+    """
+    started = time.perf_counter()
+    images = _as_images(images)
+    config.validate(n_images=images.shape[0])
+    if labels is not None and len(labels) != images.shape[0]:
+        raise ValueError(f"labels has {len(labels)} entries for {images.shape[0]} images; give one per image")
+    if config.image_size is not None and config.image_size != images.shape[-1]:
+        images = _resize(images, config.image_size)
+    device = pick_device(device)
+    torch.manual_seed(config.seed)  # network initialisation
+    generator = torch.Generator(device=device).manual_seed(config.seed)  # every other draw
+    ctx = RunContext(device=device, generator=generator, on_progress=on_progress,
+                     checkpoint=Path(checkpoint) if checkpoint else None,
+                     labels=None if labels is None else np.asarray(labels), eval_every=eval_every)
+    log.info("clustering %d images of %s into k=%d with %s on %s", images.shape[0],
+             tuple(images.shape[1:]), config.k, config.method, device)
+    output = METHODS[config.method](images.to(device), config, ctx)
+    predicted = output.labels.cpu().numpy().astype(np.int64)
+    total = time.perf_counter() - started
+    ctx.report("done", len(output.history), len(output.history))
+    return ClusterResult(
+        labels=predicted,
+        confidences=output.confidences.float().cpu().numpy(),
+        embeddings=output.embeddings.float().cpu().numpy(),
+        centres=output.centres.float().cpu().numpy(),
+        config=config,
+        device=str(device),
+        timings={"train": output.train_seconds, "total": total},
+        metrics=None if labels is None else evaluate(np.asarray(labels), predicted),
+        history=output.history,
+        resumed_from_epoch=output.resumed_from_epoch,
+    )
+
+
+def _as_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    tensor = torch.as_tensor(images)
+    if tensor.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 (got {tensor.dtype}); decode with core.data.images")
+    if tensor.ndim == 3:
+        tensor = tensor[:, None]
+    if tensor.ndim != 4 or tensor.shape[1] not in (1, 3) or tensor.shape[2] != tensor.shape[3]:
+        raise ValueError(f"images must be (N, C, S, S) with C in (1, 3), got {tuple(tensor.shape)}")
+    if tensor.shape[0] == 0:
+        raise ValueError("no images given; at least k images are needed")
+    return tensor
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,245 @@
+"""Repository functions for jobs and their images; they never commit (callers own it)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from store.models import ACTIVE_STATES, Image, Job, JobState, utcnow
+
+
+class ImageRecord(Protocol):
+    """What intake knows about one accepted image (api.intake.AcceptedImage fits)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def blob_name(self) -> str: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def format(self) -> str: ...
+
+
+def create_job(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    params: dict[str, Any],
+    archive_format: str,
+    archive_entries: int,
+    images: Sequence[ImageRecord],
+    skipped: Sequence[dict[str, str]],
+    name: str | None = None,
+    owner_id: uuid.UUID | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Job:
+    """Insert a queued job and its images (one bulk insert)."""
+    job = Job(
+        id=job_id,
+        name=name,
+        owner_id=owner_id,
+        state=JobState.QUEUED,
+        params=params,
+        archive_format=archive_format,
+        archive_entries=archive_entries,
+        n_images=len(images),
+        n_skipped=len(skipped),
+        skipped=list(skipped),
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    session.add(job)
+    session.flush()
+    if images:
+        session.execute(
+            insert(Image),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "job_id": job_id,
+                    "seq": seq,
+                    "path": image.path,
+                    "blob_name": image.blob_name,
+                    "size_bytes": image.size_bytes,
+                    "width": image.width,
+                    "height": image.height,
+                    "format": image.format,
+                }
+                for seq, image in enumerate(images)
+            ],
+        )
+    return job
+
+
+def get_job(session: Session, *, job_id: uuid.UUID, refresh: bool = False) -> Job | None:
+    return session.get(Job, job_id, populate_existing=refresh)
+
+
+def list_jobs(
+    session: Session,
+    *,
+    limit: int,
+    before: tuple[datetime, uuid.UUID] | None = None,
+    owner_id: uuid.UUID | None = None,
+) -> list[Job]:
+    """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if owner_id is not None:
+        query = query.where(Job.owner_id == owner_id)
+    if before is not None:
+        created_at, last_id = before
+        query = query.where(
+            or_(Job.created_at < created_at, (Job.created_at == created_at) & (Job.id < last_id))
+        )
+    return list(session.scalars(query))
+
+
+def find_idempotent(session: Session, *, owner_id: uuid.UUID | None, key: str) -> Job | None:
+    query = select(Job).where(Job.idempotency_key == key)
+    query = query.where(Job.owner_id.is_(None) if owner_id is None else Job.owner_id == owner_id)
+    return session.scalars(query).first()
+
+
+def count_active(session: Session, *, owner_id: uuid.UUID) -> int:
+    query = select(func.count()).where(Job.owner_id == owner_id, Job.state.in_(ACTIVE_STATES))
+    return session.scalar(query) or 0
+
+
+def list_images(session: Session, *, job_id: uuid.UUID) -> list[Image]:
+    return list(session.scalars(select(Image).where(Image.job_id == job_id).order_by(Image.seq)))
+
+
+def request_cancel(session: Session, *, job: Job) -> bool:
+    """queued -> cancelled at once, running -> cancelling; False when the job already finished."""
+    if job.state == JobState.QUEUED:
+        return _transition(
+            session, job, JobState.QUEUED, state=JobState.CANCELLED, finished_at=utcnow()
+        )
+    if job.state == JobState.RUNNING:
+        return _transition(session, job, JobState.RUNNING, state=JobState.CANCELLING)
+    return job.state == JobState.CANCELLING
+
+
+def delete_job(session: Session, *, job: Job) -> None:
+    """Rows only (images, assignments and clusters cascade); the caller removes the files."""
+    session.delete(job)
+    session.flush()
+
+
+def claim_job(session: Session, *, job: Job, worker_id: str, now: datetime | None = None) -> bool:
+    """Compare-and-set on (state, attempts): exactly one claimer of a given job version wins."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state == job.state, Job.attempts == job.attempts)
+        .values(
+            state=JobState.RUNNING,
+            attempts=Job.attempts + 1,
+            worker_id=worker_id,
+            heartbeat_at=now,
+            started_at=func.coalesce(Job.started_at, now),
+            error=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    claimed = _rowcount(result) == 1
+    if claimed:
+        session.refresh(job)
+    return claimed
+
+
+def beat(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    worker_id: str,
+    progress: dict[str, Any] | None = None,
+) -> str | None:
+    """Heartbeat (and progress when given) of the owning worker; returns the job's state,
+    or None when this worker no longer owns the job (it was reaped or deleted)."""
+    now = utcnow()
+    values: dict[str, Any] = {"heartbeat_at": now}
+    if progress is not None:
+        values.update(progress, progress_at=now)
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.worker_id == worker_id,
+            Job.state.in_((JobState.RUNNING, JobState.CANCELLING)),
+        )
+        .values(**values)
+        .returning(Job.state)
+        .execution_options(synchronize_session=False)
+    )
+    row = result.first()
+    return None if row is None else str(row[0])
+
+
+def finish_job(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    worker_id: str | None,
+    state: JobState,
+    **values: Any,
+) -> bool:
+    """Move an active job to a final state; with `worker_id`, only if that worker still owns it."""
+    query = update(Job).where(Job.id == job_id, Job.state.in_(ACTIVE_STATES))
+    if worker_id is not None:
+        query = query.where(Job.worker_id == worker_id)
+    now = utcnow()
+    result = session.execute(
+        query.values(state=state, finished_at=now, updated_at=now, **values).execution_options(
+            synchronize_session=False
+        )
+    )
+    return _rowcount(result) == 1
+
+
+def stale_jobs(session: Session, *, heartbeat_before: datetime) -> list[Job]:
+    """Running or cancelling jobs whose worker has not been heard from since `heartbeat_before`."""
+    query = select(Job).where(
+        Job.state.in_((JobState.RUNNING, JobState.CANCELLING)),
+        or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < heartbeat_before),
+    )
+    return list(session.scalars(query))
+
+
+def requeue_job(session: Session, *, job: Job) -> bool:
+    """running (lost worker) -> queued, by compare-and-set on (state, attempts)."""
+    return _transition(session, job, JobState.RUNNING, state=JobState.QUEUED, worker_id=None)
+
+
+def existing_job_ids(session: Session, *, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    if not job_ids:
+        return set()
+    return set(session.scalars(select(Job.id).where(Job.id.in_(job_ids))))
+
+
+def _transition(session: Session, job: Job, expected: str, **values: Any) -> bool:
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state == expected, Job.attempts == job.attempts)
+        .values(updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    changed = _rowcount(result) == 1
+    session.refresh(job)
+    return changed
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount)

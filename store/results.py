@@ -1,0 +1,141 @@
+"""Repository functions for a finished job's assignments and cluster summaries."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, or_, select
+from sqlalchemy.orm import Session
+
+from store.models import Assignment, Cluster, Image
+
+REPRESENTATIVES = 5  # images shown per cluster in GET /jobs/{id}/clusters
+
+
+@dataclass(frozen=True)
+class AssignmentRow:
+    seq: int
+    image_id: uuid.UUID
+    path: str
+    cluster: int
+    confidence: float
+
+
+def write_results(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    images: Sequence[Image],
+    labels: Sequence[int],
+    confidences: Sequence[float],
+    k: int,
+) -> None:
+    """All assignments in one bulk write (COPY on Postgres) plus one summary row per cluster."""
+    rows = [
+        (image.id, job_id, image.seq, int(label), float(conf))
+        for image, label, conf in zip(images, labels, confidences, strict=True)
+    ]
+    session.execute(delete(Assignment).where(Assignment.job_id == job_id))
+    session.execute(delete(Cluster).where(Cluster.job_id == job_id))
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        _copy_assignments(connection.connection.driver_connection, rows)
+    elif rows:
+        keys = ("image_id", "job_id", "seq", "cluster", "confidence")
+        session.execute(insert(Assignment), [dict(zip(keys, row, strict=True)) for row in rows])
+    session.execute(insert(Cluster), _summaries(job_id, images, rows, k))
+
+
+def _copy_assignments(driver_connection: Any, rows: list[tuple[Any, ...]]) -> None:
+    copy_sql = "COPY assignments (image_id, job_id, seq, cluster, confidence) FROM STDIN"
+    with driver_connection.cursor() as cursor, cursor.copy(copy_sql) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _summaries(
+    job_id: uuid.UUID, images: Sequence[Image], rows: list[tuple[Any, ...]], k: int
+) -> list[dict[str, Any]]:
+    members: list[list[tuple[float, int]]] = [[] for _ in range(k)]  # (confidence, index)
+    for index, (_, _, _, label, conf) in enumerate(rows):
+        members[label].append((conf, index))
+    summaries = []
+    for cluster, entries in enumerate(members):
+        best = sorted(entries, key=lambda entry: (-entry[0], entry[1]))[:REPRESENTATIVES]
+        summaries.append(
+            {
+                "job_id": job_id,
+                "cluster": cluster,
+                "size": len(entries),
+                "mean_confidence": sum(c for c, _ in entries) / len(entries) if entries else 0.0,
+                "representatives": [
+                    {"image_id": str(images[i].id), "path": images[i].path, "confidence": c}
+                    for c, i in best
+                ],
+            }
+        )
+    return summaries
+
+
+def list_clusters(session: Session, *, job_id: uuid.UUID) -> list[Cluster]:
+    query = select(Cluster).where(Cluster.job_id == job_id).order_by(Cluster.cluster)
+    return list(session.scalars(query))
+
+
+def get_cluster(session: Session, *, job_id: uuid.UUID, cluster: int) -> Cluster | None:
+    return session.get(Cluster, (job_id, cluster))
+
+
+def _assignment_query() -> Any:
+    return select(
+        Assignment.seq, Assignment.image_id, Image.path, Assignment.cluster, Assignment.confidence
+    ).join(Image, Image.id == Assignment.image_id)
+
+
+def list_assignments(
+    session: Session, *, job_id: uuid.UUID, after_seq: int | None, limit: int
+) -> list[AssignmentRow]:
+    """In upload order; `after_seq` is the last `seq` of the previous page."""
+    query = _assignment_query().where(Assignment.job_id == job_id)
+    if after_seq is not None:
+        query = query.where(Assignment.seq > after_seq)
+    query = query.order_by(Assignment.seq).limit(limit)
+    return [AssignmentRow(*row) for row in session.execute(query)]
+
+
+def iter_assignments(
+    session: Session, *, job_id: uuid.UUID, batch: int = 5000
+) -> Iterator[AssignmentRow]:
+    """Every assignment of a job, streamed in upload order."""
+    after: int | None = None
+    while True:
+        page = list_assignments(session, job_id=job_id, after_seq=after, limit=batch)
+        yield from page
+        if len(page) < batch:
+            return
+        after = page[-1].seq
+
+
+def list_cluster_members(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    cluster: int,
+    after: tuple[float, int] | None,
+    limit: int,
+) -> list[AssignmentRow]:
+    """Highest confidence first; `after` is the (confidence, seq) of the previous page's last."""
+    query = _assignment_query().where(Assignment.job_id == job_id, Assignment.cluster == cluster)
+    if after is not None:
+        confidence, seq = after
+        query = query.where(
+            or_(
+                Assignment.confidence < confidence,
+                (Assignment.confidence == confidence) & (Assignment.seq > seq),
+            )
+        )
+    query = query.order_by(Assignment.confidence.desc(), Assignment.seq).limit(limit)
+    return [AssignmentRow(*row) for row in session.execute(query)]

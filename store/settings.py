@@ -1,0 +1,76 @@
+"""All service settings, read once from `CORRAL_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration; the same names in every runtime mode."""
+
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore")
+
+    data_dir: Path = Path("./corral-data")  # uploads, images, checkpoints, embedded db and broker
+    # Empty = SQLite file `<data_dir>/corral.db` (embedded default).
+    database_url: str = ""
+    # `filesystem://` = kombu's filesystem transport under `<data_dir>/broker` (embedded default).
+    broker_url: str = "filesystem://"
+    queue_name: str = "corral"
+
+    # Upload intake (see api/intake.py).
+    max_upload_bytes: Annotated[int, Field(ge=1)] = 2 * 1024**3
+    max_entries: Annotated[int, Field(ge=1)] = 100_000
+    max_member_bytes: Annotated[int, Field(ge=1)] = 64 * 1024**2
+    max_total_bytes: Annotated[int, Field(ge=1)] = 8 * 1024**3
+    max_ratio: Annotated[float, Field(gt=1)] = 200.0
+    max_pixels: Annotated[int, Field(ge=1)] = 50_000_000
+
+    # Worker behaviour.
+    device: str = "auto"  # auto | cpu | cuda
+    progress_interval_s: Annotated[float, Field(gt=0)] = (
+        2.0  # at most one progress write per interval
+    )
+    heartbeat_interval_s: Annotated[float, Field(gt=0)] = 10.0
+    stale_after_s: Annotated[float, Field(gt=0)] = (
+        120.0  # a running job without heartbeat this long is lost
+    )
+    reaper_interval_s: Annotated[float, Field(gt=0)] = 60.0
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    task_time_limit_s: Annotated[int, Field(ge=10)] = 24 * 3600
+
+    # Access.
+    require_api_keys: bool = False  # refuse every request (but /health) until a key exists
+    max_active_jobs_per_key: Annotated[int, Field(ge=1)] = 10  # queued + running; more answers 429
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        # Absolute, so the API and a worker started from another cwd agree on every path.
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'corral.db'}"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        # Longer than the task time limit, or Redis redelivers a job that is still running.
+        return self.task_time_limit_s + 3600
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
