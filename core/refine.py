@@ -17,6 +17,24 @@ def align_labels(new: np.ndarray, previous: np.ndarray, k: int) -> np.ndarray:
     return mapping[new]
 
 
+def kmeans_centres(
+    embeddings: torch.Tensor, previous: torch.Tensor, k: int, *, generator: torch.Generator, restarts: int
+) -> torch.Tensor:
+    """k-means centres (k, d) of the embeddings, ordered so centre c overlaps previous label c."""
+    fit = kmeans(embeddings, k, generator=generator, restarts=restarts)
+    aligned = align_labels(fit.labels.cpu().numpy(), previous.cpu().numpy(), k)
+    order = np.argsort(_mapping(fit.labels.cpu().numpy(), aligned, k))
+    return fit.centres[torch.from_numpy(order).to(fit.centres.device)]
+
+
+def _mapping(old: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
+    """old id -> new id for a relabelling given as two label arrays (unused ids keep a free id)."""
+    mapping = np.full(k, -1, dtype=np.int64)
+    mapping[old] = new
+    free = iter(sorted(set(range(k)) - set(mapping[mapping >= 0].tolist())))
+    return np.array([m if m >= 0 else next(free) for m in mapping])
+
+
 def kmeans_targets(
     embeddings: torch.Tensor, previous: torch.Tensor, k: int, *, generator: torch.Generator, restarts: int
 ) -> torch.Tensor:

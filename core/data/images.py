@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -45,16 +45,16 @@ def auto_image_size(sides: Sequence[int]) -> int:
 def read_images(path: str | Path, image_size: int | None = None) -> ImageSet:
     """Read a folder or a zip/tar(.gz) archive of images."""
     path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
     if path.is_dir():
         sources = _folder_sources(path)
     elif zipfile.is_zipfile(path):
         sources = _zip_sources(path)
     elif tarfile.is_tarfile(path):
         sources = _tar_sources(path)
-    elif path.exists():
-        raise ValueError(f"{path} is neither a folder nor a zip/tar archive")
     else:
-        raise ValueError(f"{path} does not exist")
+        raise ValueError(f"{path} is neither a folder nor a zip/tar archive")
     return decode_sources(sources, image_size=image_size)
 
 
@@ -80,7 +80,7 @@ def decode_sources(
         except _Skip as skip:
             skipped.append((name, skip.reason))
     if not headers:
-        return ImageSet(torch.zeros(0, 1, image_size or 32, image_size or 32, torch.uint8), [], skipped)
+        return ImageSet(torch.zeros(0, 1, image_size or 32, image_size or 32, dtype=torch.uint8), [], skipped)
     size = image_size or auto_image_size([max(w, h) for w, h, _ in headers.values()])
     grey = all(mode in GREY_MODES for _, _, mode in headers.values())
     arrays, paths = [], []
@@ -90,7 +90,7 @@ def decode_sources(
             paths.append(name)
         except _Skip as skip:
             skipped.append((name, skip.reason))
-    images = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, 1, size, size, torch.uint8)
+    images = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, 1, size, size, dtype=torch.uint8)
     labels, class_names = folder_labels(paths)
     return ImageSet(images, paths, sorted(skipped), labels, class_names)
 
@@ -185,8 +185,3 @@ def _hidden(name: str) -> bool:
     """Dot-files and macOS resource forks are never images of the set."""
     parts = PurePosixPath(name).parts
     return any(part.startswith(".") or part == "__MACOSX" for part in parts)
-
-
-def iter_batches(n: int, batch_size: int) -> Iterator[slice]:
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))

@@ -1,10 +1,292 @@
-"""IMC-SwAV: being written (issue 3)."""
+"""IMC-SwAV — Information Maximization Clustering via Multi-View Self-Labelling
+(Ntelemis, Jin & Thomas, Knowledge-Based Systems 2022, arXiv 2103.07368).
 
+An encoder is trained by SwAV's swapped prediction (Eq. 1): the Sinkhorn codes (Eq. 3–4) of the
+two high-resolution crops supervise the tempered softmax of the prototype scores of every other
+crop. A classifier MLP on the *detached* encoder features is trained alone by maximising
+β·H(Y) − H(Y|U) between its outputs and the prototype distributions, over all crop pairs (Eq. 6),
+plus a logit penalty. Cluster = argmax of the classifier on the full image.
+Section numbers refer to docs/algorithms.md §2; the adaptations to arbitrary uploads are:
+
+- normalisation: per-channel mean/std of the image set itself (uploads have no known constants);
+- prototypes: K' = min(1000, max(10·k, N/10)) by default — the reference's 1000 for N ≥ 10k, but
+  a small upload gets ~10 images per prototype at least, so the Sinkhorn equipartition does not
+  spread a batch thinly over far more prototypes than it has images (swav#23: the loss stalls);
+- warm-up and prototype freezing last min(configured, 10 % of all iterations), so a 60-image job
+  with one step per epoch still spends most of its steps learning;
+- batch = min(batch_size, N) with drop_last, which therefore always keeps at least one batch;
+- crops are at least 16 px (the small VGG pools four times); the small VGG is globally pooled;
+- BN read-out statistics: one pass over all (full, uncropped) images in train mode with
+  cumulative averages, i.e. the population statistics of the images we label (transductive, as
+  the reference's test-batch warm-up, §2.9), replacing the crop statistics from training.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from core.config import ClusterConfig
+from core.assign import sinkhorn
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.config import ClusterConfig, IMCParams
 from core.context import MethodOutput, RunContext
+from core.data import augment
+from core.losses import logit_penalty, mutual_information_loss, swapped_prediction_loss
+from core.metrics import evaluate
+from core.models.backbones import SmallVGG, choose_backbone, small_resnet18
+from core.models.imc_heads import IMCNet, PooledEncoder
+from core.runtime import autocast, batches, channels_last, infer, prepare_model
+
+DEFAULT_EPOCHS = 50
+HIGH_SCALE, LOW_SCALE = (0.2, 1.0), (0.08, 0.4)  # RandomResizedCrop area fractions (§2.6)
+JITTER = augment.Jitter(0.4, 0.4, 0.4, 0.1, p=0.8)
+GREYSCALE_P = 0.25
+MIN_CROP = 16
+SCHEDULE_FRACTION = 0.1  # warm-up / prototype freezing: at most this share of all iterations
+
+
+@dataclass(frozen=True)
+class Plan:
+    """IMC settings resolved for one image set."""
+
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int
+    backbone: str
+    prototypes: int
+    high_size: int
+    low_size: int
+    warmup_iters: int
+    freeze_iters: int
+    milestones: tuple[int, ...]  # epochs after which the learning rate is multiplied by gamma
+
+
+def default_prototypes(n: int, k: int) -> int:
+    return min(1000, max(10 * k, n // 10))
+
+
+def make_plan(config: ClusterConfig, n: int, channels: int, size: int) -> Plan:
+    p: IMCParams = config.imc
+    epochs = config.epochs or DEFAULT_EPOCHS
+    batch_size = min(config.batch_size or 256, n)
+    steps = n // batch_size  # drop_last; batch_size <= n, so at least one step
+    total = epochs * steps
+    scaled = max(1, math.ceil(SCHEDULE_FRACTION * total))
+    return Plan(
+        epochs=epochs, batch_size=batch_size, steps_per_epoch=steps,
+        backbone=choose_backbone(config.backbone, channels, size),
+        prototypes=p.prototypes or default_prototypes(n, config.k),
+        high_size=max(MIN_CROP, round(p.high_crop * size)),
+        low_size=max(MIN_CROP, round(p.low_crop * size)),
+        warmup_iters=min(p.warmup_iters, scaled), freeze_iters=min(p.freeze_prototypes_iters, scaled),
+        milestones=tuple(round(m * epochs) for m in p.lr_milestones),
+    )
+
+
+def learning_rate(p: IMCParams, plan: Plan, iteration: int, epoch: int) -> float:
+    """Linear warm-up per iteration times MultiStepLR per epoch (§2.7)."""
+    warmup = min(1.0, (iteration + 1) / plan.warmup_iters)
+    return p.lr * warmup * p.lr_gamma ** sum(epoch >= m for m in plan.milestones)
+
+
+def build_encoder(name: str, channels: int, size: int) -> tuple[nn.Module, int]:
+    if name == "vgg":
+        trunk = SmallVGG(channels, size).features
+        width = [m for m in trunk if isinstance(m, nn.Conv2d)][-1].out_channels  # 256
+        return PooledEncoder(trunk, width), width
+    if name == "resnet18":
+        return small_resnet18(channels, stem_pool="none"), 512  # CIFAR stem, no max-pool (§2.2)
+    raise ValueError(f"backbone={name!r} is unknown; use auto, resnet18 or vgg")
+
+
+@torch.no_grad()
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (C,) of the images in [0, 1], accumulated in float64."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64, device=images.device)
+    squares = torch.zeros_like(total)
+    for part in batches(images.shape[0], chunk):
+        x = images[part].double().div_(255.0)
+        total += x.sum((0, 2, 3))
+        squares += x.square().sum((0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-3)  # a flat set stays finite
+    return mean.float(), std.float()
+
+
+def centres_of(embeddings: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean embedding per cluster (k, d); an empty cluster gets the zero vector."""
+    sums = torch.zeros(k, embeddings.shape[1], device=embeddings.device).index_add_(0, labels, embeddings)
+    counts = torch.bincount(labels, minlength=k).clamp_min(1).unsqueeze(1)
+    return sums / counts
+
+
+class Trainer:
+    """The state of one IMC-SwAV run: network, optimiser, iteration counter, history."""
+
+    def __init__(self, images: torch.Tensor, config: ClusterConfig, ctx: RunContext):
+        self.images, self.config, self.ctx = images, config, ctx
+        n, channels, size = images.shape[0], images.shape[1], images.shape[-1]
+        self.plan = make_plan(config, n, channels, size)
+        encoder, feature_dim = build_encoder(self.plan.backbone, channels, size)
+        net = IMCNet(encoder, feature_dim, config.k, self.plan.prototypes, config.imc.project_dim)
+        self.model = prepare_model(net, ctx.device)
+        p = config.imc
+        # Adam with coupled L2 on every parameter, as the reference (not AdamW)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=p.lr, betas=p.betas,
+                                          weight_decay=p.weight_decay)
+        self.mean, self.std = channel_stats(images)
+        self.epoch, self.iteration = 0, 0
+        self.history: list[dict[str, float]] = []
+        self.train_seconds = 0.0
+
+    # -- views -------------------------------------------------------------------------------
+    def crops(self, raw: torch.Tensor, count: int, size: int, scale: tuple[float, float]) -> torch.Tensor:
+        """`count` augmented crops of each image, crop-major: (count·B, C, size, size)."""
+        g = self.ctx.generator
+        views = []
+        for _ in range(count):
+            x = augment.random_resized_crops(raw, size, g, scale=scale, flip=True)
+            x = augment.random_grayscale(augment.color_jitter(x, g, JITTER), g, p=GREYSCALE_P)
+            views.append(augment.normalise(x, self.mean, self.std))
+        return torch.cat(views)
+
+    def full_view(self, raw: torch.Tensor) -> torch.Tensor:
+        return augment.normalise(augment.to_unit(raw), self.mean, self.std)
+
+    # -- training ----------------------------------------------------------------------------
+    def losses(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L_swav, L_MI and L_lgt for one batch of raw images (B, C, S, S)."""
+        net, p, batch = self.model, self.config.imc, raw.shape[0]
+        net.prototypes.renormalise()
+        with autocast(self.ctx.device):
+            # one encoder pass per resolution, as SwAV's multi-crop (the reference: one per crop)
+            groups = [(p.n_high, self.plan.high_size, HIGH_SCALE), (p.n_low, self.plan.low_size, LOW_SCALE)]
+            features = torch.cat([net.encoder(channels_last(self.crops(raw, count, size, scale)))
+                                  for count, size, scale in groups if count > 0])  # (V·B, F)
+            scores = net.scores(features).float().split(batch)  # V × (B, K')
+            logits = [net.classifier(f.detach()).float() for f in features.split(batch)]  # V × (B, C)
+        codes = [sinkhorn(scores[s].detach(), epsilon=p.epsilon, iterations=p.sinkhorn_iters)
+                 for s in range(p.n_high)]
+        swav = swapped_prediction_loss(codes, scores, p.temperature)
+        p_u = [torch.softmax(u.detach() / p.temperature, dim=1) for u in scores]
+        p_y = [torch.softmax(y, dim=1) for y in logits]
+        mi = torch.stack([mutual_information_loss(py, pu, p.beta) for py in p_y for pu in p_u]).mean()
+        penalty = torch.stack([logit_penalty(y) for y in logits]).mean()  # same for every prototype crop
+        return {"loss": swav + mi + penalty, "swav_loss": swav, "mi_loss": mi, "logit_penalty": penalty}
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over shuffled full batches; returns mean losses and training images/s."""
+        totals: dict[str, float] = {}
+        started, seen = time.perf_counter(), 0
+        for step, index in enumerate(self.shuffled_batches()):
+            losses = self.losses(self.images[index])
+            self.step(losses["loss"], step)
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach())
+            seen += len(index)
+            if step % 50 == 0:
+                self.ctx.report("clustering", self.epoch, self.plan.epochs, loss=float(losses["loss"].detach()))
+        record = {name: total / self.plan.steps_per_epoch for name, total in totals.items()}
+        return record | {"images_per_s": seen / (time.perf_counter() - started)}
+
+    def step(self, loss: torch.Tensor, step: int) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"IMC loss became {float(loss)} at epoch {self.epoch + 1}, step {step}")
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config.imc, self.plan, self.iteration, self.epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.iteration < self.plan.freeze_iters:
+            self.model.prototypes.weight.grad = None  # Adam skips it: frozen, no decay either
+        self.optimizer.step()
+        self.iteration += 1
+
+    def shuffled_batches(self) -> list[torch.Tensor]:
+        order = torch.randperm(self.images.shape[0], generator=self.ctx.generator, device=self.ctx.device)
+        return list(order.split(self.plan.batch_size))[: self.plan.steps_per_epoch]  # drop_last
+
+    # -- read-out ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def refresh_batch_norm(self) -> None:
+        """Set every BN's running statistics to the average over one train-mode pass of the full
+        images (momentum None = cumulative average). Training never reads running statistics, so
+        this changes nothing about the trajectory, only what eval mode sees."""
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        self.model.train()
+        n = self.images.shape[0]
+        with autocast(self.ctx.device):  # near-equal chunks of >= batch_size images: no size-1 batch
+            for part in torch.arange(n, device=self.ctx.device).tensor_split(max(1, n // self.plan.batch_size)):
+                self.model(channels_last(self.full_view(self.images[part])))
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+
+    def readout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(labels, confidences, embeddings): classifier argmax and top probability on the full
+        images; embeddings are the encoder features the classifier reads."""
+        self.refresh_batch_norm()
+        self.model.eval()
+        embeddings = infer(self.model.encoder, self.images, self.full_view, self.ctx.device)  # (N, F)
+        with torch.no_grad(), autocast(self.ctx.device):
+            logits = torch.cat([self.model.classifier(embeddings[part]).float()
+                                for part in batches(embeddings.shape[0], 1024)])
+        self.model.train()
+        confidences, labels = F.softmax(logits, dim=1).max(1)
+        return labels, confidences, embeddings
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict[str, object]:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "generator": self.ctx.generator.get_state(), "epoch": self.epoch, "iteration": self.iteration,
+            "history": self.history, "train_seconds": self.train_seconds,
+            "config": self.config.to_dict(), "n_images": self.images.shape[0],
+        }
+
+    def restore(self, state: dict[str, object]) -> None:
+        self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
+        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        self.ctx.generator.set_state(state["generator"])  # type: ignore[arg-type]
+        self.epoch = int(state["epoch"])  # type: ignore[call-overload]
+        self.iteration = int(state["iteration"])  # type: ignore[call-overload]
+        self.history = list(state["history"])  # type: ignore[call-overload]
+        self.train_seconds = float(state["train_seconds"])  # type: ignore[arg-type]
 
 
 def train_imc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> MethodOutput:
-    raise ValueError("method='imc' is not available yet; use mmdc or kmeans")
+    """Train IMC-SwAV on `images` (N, C, S, S) uint8 on ctx.device; resume from ctx.checkpoint."""
+    trainer = Trainer(images, config, ctx)
+    plan = trainer.plan
+    saved = load_checkpoint(ctx.checkpoint, config=config.to_dict(), n_images=images.shape[0])
+    if saved is not None:
+        trainer.restore(saved)
+    resumed_from = trainer.epoch
+    ctx.report("setup", trainer.epoch, plan.epochs)
+    while trainer.epoch < plan.epochs:
+        started = time.perf_counter()
+        record = trainer.train_epoch()
+        trainer.epoch += 1
+        trainer.train_seconds += time.perf_counter() - started
+        record = {"epoch": trainer.epoch, **record, "seconds": trainer.train_seconds}
+        if ctx.should_evaluate(trainer.epoch, plan.epochs):
+            assert ctx.labels is not None
+            record |= evaluate(ctx.labels, trainer.readout()[0].cpu().numpy())
+        trainer.history.append(record)
+        if ctx.checkpoint is not None:
+            save_checkpoint(ctx.checkpoint, trainer.state())
+        ctx.report("clustering", trainer.epoch, plan.epochs,
+                   **{key: value for key, value in record.items() if key != "epoch" and np.isfinite(value)})
+    labels, confidences, embeddings = trainer.readout()
+    centres = centres_of(embeddings, labels, config.k)
+    return MethodOutput(labels, confidences, embeddings, centres, trainer.history, resumed_from,
+                        trainer.train_seconds)

@@ -27,7 +27,7 @@ from core.data import augment
 from core.metrics import evaluate
 from core.models.backbones import build_backbone, choose_backbone
 from core.models.heads import SphereHead, linear_head
-from core.refine import kmeans_targets
+from core.refine import kmeans_centres, kmeans_targets
 from core.runtime import autocast, channels_last, infer, prepare_model, sgd_param_groups
 
 GREY_CROPS = (24 / 28, 20 / 28, 16 / 28)  # the reference MNIST crops, as fractions of the side
@@ -106,9 +106,9 @@ def reassign_batch(z: torch.Tensor, batch_targets: torch.Tensor) -> torch.Tensor
     return batch_targets[torch.from_numpy(perm).to(batch_targets.device)]
 
 
-def readout(z: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest mean (= argmax of z for one-hot means) and confidence = softmax(cos / 0.1) of it."""
-    similarity = z @ means.T  # (N, k); both unit norm, so nearest mean = most similar
+def readout(z: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centre by cosine (= argmax of z for one-hot means); confidence = softmax(cos / 0.1)."""
+    similarity = z @ F.normalize(centres, dim=1).T  # (N, k)
     probabilities = torch.softmax(similarity / CONFIDENCE_TEMPERATURE, dim=1)
     confidence, labels = probabilities.max(1)
     return labels, confidence
@@ -256,6 +256,13 @@ def train_mmdc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> 
         ctx.report("refine" if refining else "clustering", trainer.epoch, plan.epochs,
                    **{key: value for key, value in record.items() if key != "epoch" and np.isfinite(value)})
     embeddings = trainer.embed()
-    labels, confidences = readout(embeddings, trainer.means)
-    return MethodOutput(labels, confidences, embeddings, trainer.means, trainer.history, resumed_from,
+    centres = trainer.means
+    if plan.refine_epoch < plan.epochs:
+        # after refinement a cluster is the nearest k-means centre (design.md); its ids are
+        # aligned with the mixture axes, so a well-trained net gives the same labels either way
+        previous = readout(embeddings, trainer.means)[0]
+        centres = kmeans_centres(embeddings, previous, config.k, generator=ctx.generator,
+                                 restarts=config.mmdc.kmeans_restarts)
+    labels, confidences = readout(embeddings, centres)
+    return MethodOutput(labels, confidences, embeddings, centres, trainer.history, resumed_from,
                         trainer.train_seconds)

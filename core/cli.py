@@ -1,0 +1,126 @@
+"""The `corral` command. `corral cluster` is the library's own; the service adds its
+subcommands (serve, worker, migrate, ...) through the `corral.commands` entry-point group."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from core.config import METHOD_NAMES, ClusterConfig
+from core.result import Progress
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as error:  # bad input: one line, no traceback
+        print(f"corral: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ncorral: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corral", description="Unsupervised image clustering.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_cluster_command(commands)
+    for entry in entry_points(group="corral.commands"):
+        entry.load()(commands)
+    return parser
+
+
+def add_cluster_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cmd = commands.add_parser("cluster", help="cluster a folder or archive of images locally")
+    cmd.add_argument("path", type=Path, help="folder, zip or tar(.gz) of images")
+    cmd.add_argument("--k", type=int, required=True, help="number of clusters")
+    cmd.add_argument("--method", choices=METHOD_NAMES, default="mmdc")
+    cmd.add_argument("--epochs", type=int, default=None)
+    cmd.add_argument("--seed", type=int, default=0)
+    cmd.add_argument("--batch-size", type=int, default=None)
+    cmd.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    cmd.add_argument("--image-size", type=int, default=None, help="working size in px (default: auto)")
+    cmd.add_argument("--out", type=Path, default=None, help="write path,cluster,confidence CSV here")
+    cmd.add_argument("--checkpoint", type=Path, default=None, help="save/resume training state here")
+    cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    cmd.set_defaults(func=run_cluster)
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    from core.data.images import read_images  # torch is imported only when needed
+    from core.pipeline import cluster
+
+    config = ClusterConfig(k=args.k, method=args.method, epochs=args.epochs, seed=args.seed,
+                           batch_size=args.batch_size, image_size=args.image_size)
+    config.validate()
+    image_set = read_images(args.path, image_size=args.image_size)
+    for path, reason in image_set.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not image_set.paths:
+        raise ValueError(f"no readable image in {args.path}")
+    bar = None if args.quiet else ProgressBar()
+    result = cluster(image_set.images, config, labels=image_set.labels, device=args.device,
+                     on_progress=bar, checkpoint=args.checkpoint)
+    if bar is not None:
+        bar.close()
+    sizes = [int((result.labels == c).sum()) for c in range(config.k)]
+    print(f"{len(image_set.paths)} images -> {config.k} clusters of sizes {sizes} on {result.device} "
+          f"in {result.timings['total']:.1f} s")
+    if result.metrics is not None:
+        m = result.metrics
+        print(f"against the {len(image_set.class_names)} folders: "
+              f"ACC {m['acc']:.4f}  NMI {m['nmi']:.4f}  ARI {m['ari']:.4f}")
+    if args.out is not None:
+        write_csv(args.out, image_set.paths, result.labels.tolist(), result.confidences.tolist())
+        print(f"wrote {args.out}")
+    return 0
+
+
+def write_csv(out: Path, paths: list[str], labels: list[int], confidences: list[float]) -> None:
+    with open(out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "cluster", "confidence"])
+        for path, label, confidence in zip(paths, labels, confidences, strict=True):
+            writer.writerow([path, label, f"{confidence:.6f}"])
+
+
+class ProgressBar:
+    """One self-rewriting line on stderr: stage, epoch, loss, images/s, ETA."""
+
+    def __init__(self, width: int = 24) -> None:
+        self.width, self.started, self.first_epoch = width, time.perf_counter(), None
+        self.images_per_s = 0.0
+
+    def __call__(self, progress: Progress) -> None:
+        if self.first_epoch is None:
+            self.first_epoch = progress.epoch  # a resumed run starts counting here
+        self.images_per_s = progress.metrics.get("images_per_s", self.images_per_s)
+        done = progress.epoch / progress.epochs if progress.epochs else 1.0
+        filled = int(done * self.width)
+        line = f"\r[{'#' * filled}{'.' * (self.width - filled)}] {progress.stage:<10} " \
+               f"epoch {progress.epoch}/{progress.epochs}"
+        if "loss" in progress.metrics:
+            line += f"  loss {progress.metrics['loss']:.4f}"
+        if self.images_per_s:
+            line += f"  {self.images_per_s:,.0f} img/s"
+        line += f"  ETA {self._eta(progress)}"
+        print(line.ljust(100), end="", file=sys.stderr, flush=True)
+
+    def _eta(self, progress: Progress) -> str:
+        trained = progress.epoch - (self.first_epoch or 0)
+        if trained <= 0 or progress.epochs <= progress.epoch:
+            return "--" if progress.epochs > progress.epoch else "0s"
+        seconds = (time.perf_counter() - self.started) / trained * (progress.epochs - progress.epoch)
+        return f"{seconds / 60:.1f}m" if seconds >= 90 else f"{seconds:.0f}s"
+
+    def close(self) -> None:
+        print(file=sys.stderr)
