@@ -124,3 +124,5 @@ class ProgressBar:
 
     def close(self) -> None:
         print(file=sys.stderr)
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,17 +8,17 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from core.assign import hungarian
 
 
-def contingency(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def contingency(predicted: np.ndarray, truth: np.ndarray, size: int = 0) -> np.ndarray:
     """Square table M[c, g] = #{i: predicted_i = c, truth_i = g}, padded to D x D."""
-    size = int(max(predicted.max(initial=0), truth.max(initial=0))) + 1
+    size = max(size, int(max(predicted.max(initial=0), truth.max(initial=0))) + 1)
     table = np.zeros((size, size), dtype=np.int64)
     np.add.at(table, (predicted, truth), 1)
     return table
 
 
-def cluster_to_class(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def cluster_to_class(predicted: np.ndarray, truth: np.ndarray, clusters: int = 0) -> np.ndarray:
     """The one-to-one map cluster -> class that maximises the matches."""
-    table = contingency(predicted, truth)
+    table = contingency(predicted, truth, clusters)
     return hungarian(table.max() - table)
 
 
@@ -34,7 +34,7 @@ def accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
 def top5_accuracy(truth: np.ndarray, scores: np.ndarray) -> float:
     """A hit when any of the 5 highest-scoring clusters maps to the class (SCAN's top-5)."""
     truth = _as_labels(truth)
-    mapping = cluster_to_class(scores.argmax(1), truth)
+    mapping = cluster_to_class(scores.argmax(1), truth, scores.shape[1])
     top = np.argsort(-scores, axis=1)[:, :5]
     return float((mapping[top] == truth[:, None]).any(1).mean())
 

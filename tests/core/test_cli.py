@@ -1,0 +1,60 @@
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core.cli import main
+from tests.core.conftest import striped_images
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    pixels, labels = striped_images(per_class=10)
+    root = tmp_path / "images"
+    for i, (array, label) in enumerate(zip(pixels.numpy(), labels, strict=True)):
+        (root / f"class{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array[0]).save(root / f"class{label}" / f"{i:03d}.png")
+    (root / "class0" / "zz-broken.png").write_bytes(b"oops")
+    return root
+
+
+def test_cluster_command_writes_csv_and_scores_against_folders(image_folder: Path, tmp_path: Path, capsys):
+    out = tmp_path / "result.csv"
+    code = main(["cluster", str(image_folder), "--k", "3", "--method", "kmeans", "--out", str(out), "--quiet"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "ACC 1.0000" in captured.out
+    assert "skipped class0/zz-broken.png: unreadable_image" in captured.err
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 30 and set(rows[0]) == {"path", "cluster", "confidence"}
+    assert rows[0]["path"] == "class0/000.png"
+
+
+def test_cluster_command_trains_mmdc_with_a_progress_bar(image_folder: Path, capsys):
+    assert main(["cluster", str(image_folder), "--k", "3", "--epochs", "1", "--batch-size", "10"]) == 0
+    assert "epoch 1/1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--k", "1"], "k=1 is out of range"), (["--k", "50"], "k=50 exceeds the 30 images")],
+)
+def test_bad_arguments_exit_non_zero_with_one_line(image_folder: Path, capsys, args, message):
+    assert main(["cluster", str(image_folder), *args, "--method", "kmeans", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_empty_or_missing_input_exits_non_zero(tmp_path: Path, capsys):
+    assert main(["cluster", str(tmp_path), "--k", "3"]) == 2
+    assert main(["cluster", str(tmp_path / "missing.zip"), "--k", "3"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_console_script_is_installed(image_folder: Path):
+    done = subprocess.run([sys.executable, "-m", "core.cli", "cluster", str(image_folder), "--k", "3",
+                           "--method", "unknown"], capture_output=True, text=True)
+    assert done.returncode == 2 and "invalid choice" in done.stderr

@@ -1,0 +1,117 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core import ClusterConfig, cluster
+from core.config import MMDCParams
+from core.methods.mmdc import reassign_batch, sample_targets
+from core.metrics import accuracy
+
+FAST = {"method": "mmdc", "epochs": 10, "batch_size": 16}
+
+
+def test_targets_are_one_hot_with_zero_sigma():
+    targets, means = sample_targets(500, 4, MMDCParams(), torch.Generator().manual_seed(0))
+    assert torch.equal(means, torch.eye(4))
+    assert set(targets.sum(1).tolist()) == {1.0} and set(targets.max(1).values.tolist()) == {1.0}
+    assert torch.bincount(targets.argmax(1), minlength=4).min() > 80  # multinomial(n, 1/k)
+
+
+def test_targets_lie_on_the_sphere_with_sigma():
+    targets, _ = sample_targets(100, 5, MMDCParams(sigma=0.3), torch.Generator().manual_seed(0))
+    assert torch.allclose(targets.norm(dim=1), torch.ones(100))
+
+
+def test_batch_reassignment_only_permutes_the_batch_targets():
+    z = torch.nn.functional.normalize(torch.randn(16, 4), dim=1)
+    targets = torch.eye(4)[torch.arange(16) % 4]
+    new = reassign_batch(z, targets)
+    assert sorted(map(tuple, new.tolist())) == sorted(map(tuple, targets.tolist()))
+    cost = lambda t: torch.linalg.norm(z - t, dim=1).sum()  # noqa: E731
+    assert cost(new) <= cost(targets) + 1e-6
+
+
+def test_cluster_recovers_three_separable_classes(images):
+    pixels, labels = images
+    result = cluster(pixels, ClusterConfig(k=3, **FAST), labels=labels)
+    assert result.labels.shape == (90,) and set(result.labels.tolist()) <= {0, 1, 2}
+    assert accuracy(labels, result.labels) >= 0.95
+    assert result.metrics["acc"] >= 0.95
+    assert result.embeddings.shape == (90, 3) and result.centres.shape == (3, 3)
+    assert ((result.confidences > 1 / 3 - 1e-6) & (result.confidences <= 1 + 1e-6)).all()
+    assert len(result.history) == 10
+
+
+@pytest.mark.slow
+def test_cluster_on_colour_images_with_resnet_and_rotation(colour_images):
+    pixels, labels = colour_images
+    result = cluster(pixels, ClusterConfig(k=3, method="mmdc", epochs=2, batch_size=20), labels=labels)
+    assert result.labels.shape == (60,)
+    assert np.isfinite(result.history[-1]["rotation_loss"])  # the rotation epoch ran
+
+
+def test_cluster_is_deterministic_per_seed(images):
+    pixels, _ = images
+    config = ClusterConfig(k=3, method="mmdc", epochs=3, batch_size=16, seed=7)
+    first, second = cluster(pixels, config), cluster(pixels, config)
+    assert np.array_equal(first.labels, second.labels)
+    assert np.array_equal(first.embeddings, second.embeddings)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_from_checkpoint_gives_the_uninterrupted_labels(images, tmp_path: Path):
+    pixels, _ = images
+    config = ClusterConfig(k=3, method="mmdc", epochs=4, batch_size=16, seed=3)
+    uninterrupted = cluster(pixels, config)
+
+    def stop_after_two_epochs(progress):
+        if progress.epoch == 2 and progress.stage != "setup":
+            raise Interrupt
+
+    checkpoint = tmp_path / "run.ckpt"
+    with pytest.raises(Interrupt):
+        cluster(pixels, config, checkpoint=checkpoint, on_progress=stop_after_two_epochs)
+    resumed = cluster(pixels, config, checkpoint=checkpoint)
+    assert resumed.resumed_from_epoch == 2
+    assert np.array_equal(resumed.labels, uninterrupted.labels)
+    assert np.allclose(resumed.embeddings, uninterrupted.embeddings)
+
+
+def test_checkpoint_of_another_config_is_refused(images, tmp_path: Path):
+    pixels, _ = images
+    checkpoint = tmp_path / "run.ckpt"
+    cluster(pixels, ClusterConfig(k=3, method="mmdc", epochs=1, batch_size=16), checkpoint=checkpoint)
+    with pytest.raises(ValueError, match="different run"):
+        cluster(pixels, ClusterConfig(k=4, method="mmdc", epochs=1, batch_size=16), checkpoint=checkpoint)
+
+
+def test_kmeans_method_on_pixels(images):
+    pixels, labels = images
+    result = cluster(pixels, ClusterConfig(k=3, method="kmeans"), labels=labels)
+    assert result.metrics["acc"] == 1.0 and result.centres.shape == (3, 32 * 32)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [(ClusterConfig(k=100), "k=100 exceeds the 90 images"), (ClusterConfig(k=3, method="nope"), "method")],  # type: ignore[arg-type]
+)
+def test_bad_config_raises_value_error(images, config, message):
+    with pytest.raises(ValueError, match=message):
+        cluster(images[0], config)
+
+
+def test_bad_images_raise_value_error():
+    with pytest.raises(ValueError, match="uint8"):
+        cluster(np.zeros((4, 1, 8, 8), dtype=np.float32), ClusterConfig(k=2))
+    with pytest.raises(ValueError, match="no images"):
+        cluster(np.zeros((0, 1, 8, 8), dtype=np.uint8), ClusterConfig(k=2))
+
+
+def test_image_size_override_resizes(images):
+    result = cluster(images[0], ClusterConfig(k=3, method="kmeans", image_size=16))
+    assert result.embeddings.shape == (90, 16 * 16)
