@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from store.models import ACTIVE_STATES, Image, Job, JobState, utcnow
@@ -131,10 +131,18 @@ def request_cancel(session: Session, *, job: Job) -> bool:
     return job.state == JobState.CANCELLING
 
 
-def delete_job(session: Session, *, job: Job) -> None:
-    """Rows only (images, assignments and clusters cascade); the caller removes the files."""
-    session.delete(job)
-    session.flush()
+def delete_job(session: Session, *, job: Job) -> bool:
+    """Delete a job that is not running (images, assignments, clusters cascade in the database).
+
+    False when it started running meanwhile. The caller removes the files.
+    """
+    result = session.execute(
+        delete(Job)
+        .where(Job.id == job.id, Job.state.not_in((JobState.RUNNING, JobState.CANCELLING)))
+        .execution_options(synchronize_session=False)
+    )
+    session.expunge(job)
+    return _rowcount(result) == 1
 
 
 def claim_job(session: Session, *, job: Job, worker_id: str, now: datetime | None = None) -> bool:
@@ -218,9 +226,21 @@ def stale_jobs(session: Session, *, heartbeat_before: datetime) -> list[Job]:
     return list(session.scalars(query))
 
 
-def requeue_job(session: Session, *, job: Job) -> bool:
-    """running (lost worker) -> queued, by compare-and-set on (state, attempts)."""
-    return _transition(session, job, JobState.RUNNING, state=JobState.QUEUED, worker_id=None)
+def reap_job(session: Session, *, job: Job, heartbeat_before: datetime, **values: Any) -> bool:
+    """Change a stale job (requeue or finish) only if it is still the version read and still
+    silent since `heartbeat_before`; a worker that beat meanwhile keeps its job."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job.id,
+            Job.state == job.state,
+            Job.attempts == job.attempts,
+            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < heartbeat_before),
+        )
+        .values(updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result) == 1
 
 
 def existing_job_ids(session: Session, *, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
@@ -243,3 +263,17 @@ def _transition(session: Session, job: Job, expected: str, **values: Any) -> boo
 
 def _rowcount(result: Any) -> int:
     return int(result.rowcount)
+
+
+PROBLEM_TYPE_BASE = "https://corral.dev/problems/"  # the same base as api.intake
+
+
+def problem(slug: str, title: str, status: int, detail: str, **extra: Any) -> dict[str, Any]:
+    """An RFC 9457 problem body, the shape of `Job.error` and of every API error."""
+    return {
+        "type": PROBLEM_TYPE_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }

@@ -32,13 +32,10 @@ class Settings(BaseSettings):
 
     # Worker behaviour.
     device: str = "auto"  # auto | cpu | cuda
-    progress_interval_s: Annotated[float, Field(gt=0)] = (
-        2.0  # at most one progress write per interval
-    )
-    heartbeat_interval_s: Annotated[float, Field(gt=0)] = 10.0
-    stale_after_s: Annotated[float, Field(gt=0)] = (
-        120.0  # a running job without heartbeat this long is lost
-    )
+    # The worker writes heartbeat + progress once per interval, and so notices cancellation.
+    progress_interval_s: Annotated[float, Field(gt=0)] = 2.0
+    # A running job whose worker has been silent this long is lost (the reaper acts on it).
+    stale_after_s: Annotated[float, Field(gt=0)] = 120.0
     reaper_interval_s: Annotated[float, Field(gt=0)] = 60.0
     max_attempts: Annotated[int, Field(ge=1)] = 3
     task_time_limit_s: Annotated[int, Field(ge=10)] = 24 * 3600

@@ -93,7 +93,7 @@ def distance_confidence(distances: torch.Tensor) -> torch.Tensor:
 def run_kmeans(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> MethodOutput:
     """The pixel baseline: k-means on raw pixels scaled to [0, 1]."""
     x = images.flatten(1).float() / 255.0  # (N, C*S*S)
-    fit = kmeans(x, config.k, generator=ctx.generator, restarts=10)
+    fit = kmeans(x, config.k, generator=ctx.generator, restarts=3)
     return MethodOutput(
         labels=fit.labels,
         confidences=distance_confidence(fit.distances),

@@ -1,50 +1,26 @@
-import importlib.util
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from core.cli import main
 from core.config import ClusterConfig, IMCParams
 from core.context import RunContext
 from core.methods.imc import Trainer, channel_stats, default_prototypes, learning_rate, make_plan
 from core.pipeline import cluster
 from core.result import Progress
-
-
-def three_classes(per_class: int, size: int, seed: int = 0, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Horizontal stripes, vertical stripes and a disc, with random period/phase/position and
-    noise: shapes that survive crops, flips and colour jitter. uint8 (N, C, S, S) and labels."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    images, labels = [], []
-    for label in range(3):
-        for _ in range(per_class):
-            period, phase = rng.uniform(4, 7), rng.uniform(0, 7)
-            if label == 0:
-                base = np.sin(2 * np.pi * (yy + phase) / period) > 0
-            elif label == 1:
-                base = np.sin(2 * np.pi * (xx + phase) / period) > 0
-            else:
-                cy, cx = rng.uniform(0.35 * size, 0.65 * size, 2)
-                base = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(0.2 * size, 0.35 * size) ** 2
-            image = np.clip(0.8 * base + 0.1 + rng.normal(0, 0.08, base.shape), 0, 1)
-            images.append(np.repeat(image[None], channels, 0))
-            labels.append(label)
-    return (np.stack(images) * 255).astype(np.uint8), np.array(labels)
+from tests.core.conftest import striped_images
 
 
 @pytest.fixture
-def images() -> np.ndarray:
-    return three_classes(10, 16)[0]  # 30 tiny grey images: fast runs
+def tiny_images() -> np.ndarray:
+    """24 grey 16-px images in 3 classes: fast runs."""
+    return striped_images(per_class=8, size=16)[0].numpy()
 
 
 @pytest.fixture
 def config() -> ClusterConfig:
-    return ClusterConfig(k=3, method="imc", epochs=2, batch_size=8)
+    return ClusterConfig(k=3, method="imc", epochs=2, batch_size=12)
 
 
 def trainer_for(images: np.ndarray, config: ClusterConfig) -> Trainer:
@@ -86,44 +62,46 @@ def test_learning_rate_warms_up_linearly_then_steps_down():
     assert learning_rate(params, plan, 10_000, 45) == pytest.approx(5e-4 * 0.4**3)
 
 
-def test_channel_stats_match_numpy(images):
-    mean, std = channel_stats(torch.from_numpy(images))
-    unit = images / 255.0
+def test_channel_stats_match_numpy(tiny_images):
+    mean, std = channel_stats(torch.from_numpy(tiny_images))
+    unit = tiny_images / 255.0
     np.testing.assert_allclose(mean.numpy(), unit.mean((0, 2, 3)), rtol=1e-5)
     np.testing.assert_allclose(std.numpy(), unit.std((0, 2, 3)), rtol=1e-4)
 
 
-def test_prototypes_stay_frozen_during_the_first_iterations(images, config):
-    trainer = trainer_for(images, config.with_(epochs=20))  # 3 steps/epoch: freeze for 6 iterations
-    assert trainer.plan.freeze_iters == 6
+def test_prototypes_stay_frozen_during_the_first_iterations(tiny_images, config):
+    trainer = trainer_for(tiny_images, config.with_(epochs=30, batch_size=8))  # 3 steps/epoch: freeze 9
+    assert trainer.plan.freeze_iters == 9
     trainer.model.prototypes.renormalise()
     before = trainer.model.prototypes.weight.detach().clone()
     trainer.train_epoch()
     torch.testing.assert_close(trainer.model.prototypes.weight.detach(), before)
     trainer.epoch += 1
-    trainer.train_epoch()  # iterations 3..5 frozen too
-    trainer.train_epoch()  # iterations 6..8 update them
+    trainer.train_epoch()
+    trainer.train_epoch()  # iterations 3..8 frozen too
+    torch.testing.assert_close(trainer.model.prototypes.weight.detach(), before)
+    trainer.train_epoch()  # iterations 9..11 update them
     assert not torch.allclose(trainer.model.prototypes.weight.detach(), before)
 
 
-def test_classifier_gets_no_gradient_into_the_encoder(images, config):
-    trainer = trainer_for(images, config)
-    losses = trainer.losses(torch.from_numpy(images[:8]))
+def test_classifier_gets_no_gradient_into_the_encoder(tiny_images, config):
+    trainer = trainer_for(tiny_images, config)
+    losses = trainer.losses(torch.from_numpy(tiny_images[:12]))
     trainer.model.zero_grad()
     (losses["mi_loss"] + losses["logit_penalty"]).backward()
     assert all(p.grad is None for p in trainer.model.encoder.parameters())
     assert any(p.grad is not None for p in trainer.model.classifier.parameters())
 
 
-def test_non_finite_loss_raises_with_epoch_and_step(images, config):
-    trainer = trainer_for(images, config)
+def test_non_finite_loss_raises_with_epoch_and_step(tiny_images, config):
+    trainer = trainer_for(tiny_images, config)
     with pytest.raises(FloatingPointError, match="epoch 1, step 4"):
         trainer.step(torch.tensor(float("nan")), 4)
 
 
-def test_cluster_imc_returns_labels_confidences_and_embeddings(images, config):
-    result = cluster(images, config)
-    n = images.shape[0]
+def test_cluster_imc_returns_labels_confidences_and_embeddings(tiny_images, config):
+    result = cluster(tiny_images, config)
+    n = tiny_images.shape[0]
     assert result.labels.shape == (n,) and result.labels.min() >= 0 and result.labels.max() < 3
     assert ((result.confidences > 1 / 3 - 1e-6) & (result.confidences <= 1 + 1e-6)).all()
     assert result.embeddings.shape == (n, 256)  # the pooled small VGG for grey 16 px images
@@ -131,39 +109,40 @@ def test_cluster_imc_returns_labels_confidences_and_embeddings(images, config):
     assert len(result.history) == 2 and np.isfinite(result.history[-1]["loss"])
 
 
+@pytest.mark.slow
 def test_cluster_imc_runs_the_resnet_encoder_on_colour_images():
-    colour = three_classes(3, 16, channels=3)[0]
+    colour = striped_images(per_class=3, size=16, colour=True)[0]
     result = cluster(colour, ClusterConfig(k=3, method="imc", epochs=1, batch_size=9, backbone="resnet18"))
     assert result.embeddings.shape == (9, 512)
 
 
-def test_cluster_imc_is_deterministic_per_seed(images, config):
-    first, second = cluster(images, config), cluster(images, config)
+def test_cluster_imc_is_deterministic_per_seed(tiny_images, config):
+    first, second = cluster(tiny_images, config), cluster(tiny_images, config)
     np.testing.assert_array_equal(first.labels, second.labels)
     np.testing.assert_array_equal(first.embeddings, second.embeddings)
-    other = cluster(images, config.with_(seed=1))
+    other = cluster(tiny_images, config.with_(seed=1))
     assert not np.array_equal(first.embeddings, other.embeddings)
 
 
-def test_cluster_imc_checkpoint_does_not_change_the_run(images, config, tmp_path):
-    plain = cluster(images, config)
-    saved = cluster(images, config, checkpoint=tmp_path / "run.pt")
+def test_cluster_imc_checkpoint_does_not_change_the_run(tiny_images, config, tmp_path):
+    plain = cluster(tiny_images, config)
+    saved = cluster(tiny_images, config, checkpoint=tmp_path / "run.pt")
     assert (tmp_path / "run.pt").exists()
     np.testing.assert_array_equal(plain.labels, saved.labels)
     np.testing.assert_array_equal(plain.embeddings, saved.embeddings)
 
 
-def test_cluster_imc_resumes_an_interrupted_run_identically(images, tmp_path):
-    config = ClusterConfig(k=3, method="imc", epochs=3, batch_size=8)
-    uninterrupted = cluster(images, config, checkpoint=tmp_path / "full.pt")
+def test_cluster_imc_resumes_an_interrupted_run_identically(tiny_images, tmp_path):
+    config = ClusterConfig(k=3, method="imc", epochs=3, batch_size=12)
+    uninterrupted = cluster(tiny_images, config, checkpoint=tmp_path / "full.pt")
 
     def stop_after_first_epoch(progress: Progress) -> None:
         if progress.stage == "clustering" and progress.epoch == 1:
             raise KeyboardInterrupt("cancelled")
 
     with pytest.raises(KeyboardInterrupt):
-        cluster(images, config, checkpoint=tmp_path / "cut.pt", on_progress=stop_after_first_epoch)
-    resumed = cluster(images, config, checkpoint=tmp_path / "cut.pt")
+        cluster(tiny_images, config, checkpoint=tmp_path / "cut.pt", on_progress=stop_after_first_epoch)
+    resumed = cluster(tiny_images, config, checkpoint=tmp_path / "cut.pt")
     assert resumed.resumed_from_epoch == 1
     np.testing.assert_array_equal(uninterrupted.labels, resumed.labels)
     np.testing.assert_array_equal(uninterrupted.embeddings, resumed.embeddings)
@@ -172,23 +151,15 @@ def test_cluster_imc_resumes_an_interrupted_run_identically(images, tmp_path):
 
 @pytest.mark.slow
 def test_cluster_imc_recovers_three_separable_classes():
-    images, labels = three_classes(30, 24)
+    images, labels = striped_images(per_class=30, size=24)
     config = ClusterConfig(k=3, method="imc", epochs=8, batch_size=32, imc=IMCParams(lr=2e-3))
     result = cluster(images, config, labels=labels)
     assert result.metrics is not None and result.metrics["acc"] >= 0.95
 
 
-@pytest.mark.skipif(importlib.util.find_spec("core.cli") is None,
-                    reason="core/cli.py (the lead's `corral` command) does not exist yet")
-def test_cli_clusters_a_folder_with_imc(tmp_path):
-    from PIL import Image
-
-    images, _ = three_classes(4, 16)
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i, image in enumerate(images):
-        Image.fromarray(image[0]).save(folder / f"{i}.png")
-    corral = shutil.which("corral") or str(Path(sys.executable).with_name("corral"))
-    done = subprocess.run([corral, "cluster", str(folder), "--k", "3", "--method", "imc", "--epochs", "2"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+def test_cli_clusters_a_folder_with_imc(tmp_path, capsys):
+    pixels, _ = striped_images(per_class=4, size=16)
+    for i, array in enumerate(pixels.numpy()):
+        Image.fromarray(array[0]).save(tmp_path / f"{i}.png")
+    assert main(["cluster", str(tmp_path), "--k", "3", "--method", "imc", "--epochs", "2"]) == 0
+    assert "epoch 2/2" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""The HTTP API: `api.main.create_app()` is the entry point."""

@@ -1,0 +1,82 @@
+"""Request dependencies: settings, a session, the calling key, and the job of the path."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Path, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.errors import ProblemError
+from store import jobs, keys
+from store.models import Job
+from store.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request; routes commit what they change."""
+    factory: sessionmaker[Session] = request.app.state.sessions
+    with factory() as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: an API key, or anyone when the service runs without keys."""
+
+    key_id: uuid.UUID | None
+
+
+def get_caller(
+    session: SessionDep,
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Caller:
+    """Without any key (and keys not required) everyone is the same anonymous caller."""
+    if not settings.require_api_keys and not keys.any_keys(session):
+        return Caller(key_id=None)
+    scheme, _, token = (authorization or "").partition(" ")
+    found = keys.find_key(session, plain=token.strip()) if scheme.lower() == "bearer" else None
+    if found is None:
+        raise ProblemError(
+            401,
+            "unauthorized",
+            "Unauthorized",
+            "send a valid API key as 'Authorization: Bearer KEY'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return Caller(key_id=found.id)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def get_job_or_404(
+    job_id: Annotated[str, Path(description="job id (UUID)")],
+    session: SessionDep,
+    caller: CallerDep,
+) -> Job:
+    """The job of the path, visible to this caller; another key's job is as unknown as none."""
+    try:
+        parsed = uuid.UUID(job_id)
+    except ValueError:
+        parsed = None
+    job = jobs.get_job(session, job_id=parsed) if parsed else None
+    if job is None or (caller.key_id is not None and job.owner_id != caller.key_id):
+        raise ProblemError(404, "job_not_found", "Job not found", f"no job with id {job_id!r}")
+    return job
+
+
+JobDep = Annotated[Job, Depends(get_job_or_404)]

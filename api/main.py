@@ -1,0 +1,79 @@
+"""`create_app()`: the FastAPI application, built from settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api import errors
+from api.intake import IntakeError, problem_body
+from api.limits import BodySizeLimit
+from api.routes import health, jobs, results
+from store import blobs
+from store import jobs as job_store
+from store.db import make_engine, make_sessionmaker
+from store.queue import make_celery
+from store.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+MULTIPART_SLACK = 1024 * 1024  # room for the params field and part headers next to the archive
+ORPHAN_GRACE_S = 3600.0  # an upload folder this old without a job row is left from a crash
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app with its engine, session factory and Celery client on `app.state`."""
+    settings = settings or get_settings()
+    engine = make_engine(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweep_orphans(app, older_than_s=ORPHAN_GRACE_S)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="Corral",
+        summary="Unsupervised image clustering as a service (MMDC, IMC-SwAV, k-means)",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = make_sessionmaker(engine)
+    app.state.celery = make_celery(settings)
+    errors.install(app)
+    app.add_exception_handler(IntakeError, _intake_error)  # type: ignore[arg-type]
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK)
+    for router in (health.router, jobs.router, results.router):
+        app.include_router(router)
+    return app
+
+
+async def _intake_error(request: Request, exc: IntakeError) -> JSONResponse:
+    body = {**problem_body(exc), "instance": request.url.path}
+    return JSONResponse(body, status_code=exc.status, media_type=errors.PROBLEM_JSON)
+
+
+def sweep_orphans(app: FastAPI, *, older_than_s: float) -> int:
+    """Remove job folders without a job row (an upload cut off by a crash); returns how many."""
+    settings: Settings = app.state.settings
+    on_disk = blobs.job_ids_on_disk(settings, older_than_s=older_than_s)
+    if not on_disk:
+        return 0
+    try:
+        with app.state.sessions() as session:
+            known = job_store.existing_job_ids(session, job_ids=on_disk)
+    except Exception:  # the database may not be up yet; the next start sweeps
+        log.warning("orphan sweep skipped: database unavailable")
+        return 0
+    orphans = [job_id for job_id in on_disk if job_id not in known]
+    for job_id in orphans:
+        blobs.delete_job_files(settings, job_id)
+    if orphans:
+        log.info("removed %d orphaned upload folder(s)", len(orphans))
+    return len(orphans)

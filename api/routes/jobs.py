@@ -1,0 +1,164 @@
+"""/jobs: submit, list, show, cancel, delete."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
+from pydantic import ValidationError
+
+from api import cursors
+from api.deps import CallerDep, JobDep, SessionDep, SettingsDep
+from api.errors import ProblemError, params_problem
+from api.schemas import JobOut, JobPage, JobParams, Problem, job_out
+from api.submission import Submission, submit_job
+from store import blobs, jobs
+from store.models import JobState
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem+json answers of a route."""
+    return {s: {"model": Problem, "content": {"application/problem+json": {}}} for s in statuses}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses=problems(400, 401, 413, 415, 422, 429, 503),
+)
+async def create_job(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    session: SessionDep,
+    caller: CallerDep,
+    archive: Annotated[UploadFile, File(description="zip, tar or tar.gz of images")],
+    params: Annotated[str, Form(description='JSON object, e.g. {"k": 10, "method": "kmeans"}')],
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobOut:
+    """Upload an archive and queue a clustering job; answers 202 with Location."""
+    parsed = _parse_params(params)
+    if caller.key_id is not None:
+        active = jobs.count_active(session, owner_id=caller.key_id)
+        if active >= settings.max_active_jobs_per_key:
+            raise ProblemError(
+                429,
+                "too_many_active_jobs",
+                "Too many active jobs",
+                f"this key has {active} queued or running jobs (limit "
+                f"{settings.max_active_jobs_per_key}); wait for one to finish",
+                headers={"Retry-After": "30"},
+            )
+    session.close()  # the upload can take minutes; hold no connection meanwhile
+    submission = Submission(parsed, archive, caller.key_id, idempotency_key)
+    job, _ = await submit_job(
+        submission,
+        settings=settings,
+        sessions=request.app.state.sessions,
+        celery=request.app.state.celery,
+    )
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return job_out(job)
+
+
+def _parse_params(raw: str) -> JobParams:
+    try:
+        data = json.loads(raw)
+    except ValueError as error:
+        raise ProblemError(
+            422,
+            "invalid_params",
+            "Invalid job parameters",
+            f"params: not valid JSON ({error})",
+            errors=[{"field": "params", "message": "not valid JSON"}],
+        ) from error
+    if not isinstance(data, dict):
+        raise ProblemError(
+            422,
+            "invalid_params",
+            "Invalid job parameters",
+            "params: must be a JSON object",
+            errors=[{"field": "params", "message": "must be a JSON object"}],
+        )
+    try:
+        return JobParams.model_validate(data)
+    except ValidationError as error:
+        raise params_problem(error) from error
+
+
+@router.get("", response_model=JobPage, responses=problems(400, 401, 422))
+def list_jobs(
+    session: SessionDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> JobPage:
+    """Jobs newest first; pass `next_cursor` back as `cursor` for the next page."""
+    before = None
+    if cursor:
+        created_at, job_id = cursors.decode(cursor, arity=2)
+        try:
+            before = (datetime.fromisoformat(created_at), uuid.UUID(job_id))
+        except (TypeError, ValueError) as error:
+            raise ProblemError(
+                400, "invalid_cursor", "Invalid cursor", "cursor is not one this API returned"
+            ) from error
+    rows = jobs.list_jobs(session, limit=limit + 1, before=before, owner_id=caller.key_id)
+    page, more = rows[:limit], len(rows) > limit
+    next_cursor = (
+        cursors.encode(page[-1].created_at.isoformat(), str(page[-1].id)) if more else None
+    )
+    return JobPage(items=[job_out(job) for job in page], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=problems(401, 404))
+def get_job(job: JobDep) -> JobOut:
+    """State, progress, counts, params, timings, metrics and error of one job."""
+    return job_out(job)
+
+
+@router.post(
+    "/{job_id}/cancel", response_model=JobOut, status_code=202, responses=problems(401, 404, 409)
+)
+def cancel_job(job: JobDep, session: SessionDep) -> JobOut:
+    """Queued jobs are cancelled at once; running ones stop at their next epoch."""
+    if not jobs.request_cancel(session, job=job):
+        raise ProblemError(
+            409,
+            "job_finished",
+            "Job already finished",
+            f"job {job.id} is {job.state}; only queued or running jobs can be cancelled",
+            state=job.state,
+        )
+    session.commit()
+    return job_out(job)
+
+
+@router.delete("/{job_id}", status_code=204, responses=problems(401, 404, 409))
+def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Response:
+    """Remove a job, its rows and its files; a running job must be cancelled first."""
+    if job.state in (JobState.RUNNING, JobState.CANCELLING):
+        raise ProblemError(
+            409,
+            "job_running",
+            "Job is running",
+            f"job {job.id} is {job.state}; cancel it and wait until it stops",
+            state=job.state,
+        )
+    job_id = job.id
+    if not jobs.delete_job(session, job=job):
+        raise ProblemError(
+            409,
+            "job_running",
+            "Job is running",
+            f"job {job_id} started running; cancel it and wait until it stops",
+        )
+    session.commit()
+    blobs.delete_job_files(settings, job_id)
+    return Response(status_code=204)

@@ -1,0 +1,141 @@
+"""A finished job's clusters and per-image assignments (paginated JSON or streamed CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import cursors
+from api.deps import JobDep, SessionDep
+from api.errors import ProblemError
+from api.routes.jobs import problems
+from api.schemas import AssignmentOut, AssignmentPage, ClusterOut, ClustersOut, ImageRef
+from store import results
+from store.models import Job, JobState
+
+router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
+
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # spreadsheet formula triggers (OWASP)
+
+
+def _require_results(job: Job) -> None:
+    if job.state != JobState.SUCCEEDED:
+        raise ProblemError(
+            409,
+            "job_not_succeeded",
+            "No results yet",
+            f"job {job.id} is {job.state}; results exist once it has succeeded",
+            state=job.state,
+        )
+
+
+@router.get("/clusters", response_model=ClustersOut, responses=problems(401, 404, 409))
+def list_clusters(job: JobDep, session: SessionDep) -> ClustersOut:
+    """Every cluster: size, mean confidence and its most confident images."""
+    _require_results(job)
+    rows = results.list_clusters(session, job_id=job.id)
+    clusters = [
+        ClusterOut(
+            id=row.cluster,
+            size=row.size,
+            mean_confidence=row.mean_confidence,
+            representatives=[ImageRef(**ref) for ref in row.representatives],
+        )
+        for row in rows
+    ]
+    return ClustersOut(job_id=job.id, k=len(clusters), clusters=clusters)
+
+
+@router.get(
+    "/clusters/{cluster}/images",
+    response_model=AssignmentPage,
+    responses=problems(400, 401, 404, 409),
+)
+def list_cluster_images(
+    job: JobDep,
+    session: SessionDep,
+    cluster: int,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> AssignmentPage:
+    """Members of one cluster, highest confidence first."""
+    _require_results(job)
+    if results.get_cluster(session, job_id=job.id, cluster=cluster) is None:
+        raise ProblemError(
+            404, "cluster_not_found", "Cluster not found", f"job {job.id} has no cluster {cluster}"
+        )
+    after = None
+    if cursor:
+        confidence, seq = cursors.decode(cursor, arity=2)
+        after = (float(confidence), int(seq))
+    rows = results.list_cluster_members(
+        session, job_id=job.id, cluster=cluster, after=after, limit=limit + 1
+    )
+    page = rows[:limit]
+    more = len(rows) > limit
+    return AssignmentPage(
+        items=[_assignment(row) for row in page],
+        next_cursor=cursors.encode(page[-1].confidence, page[-1].seq) if more else None,
+    )
+
+
+@router.get(
+    "/assignments",
+    response_model=AssignmentPage,
+    responses={200: {"content": {"text/csv": {}}}, **problems(400, 401, 404, 409)},
+)
+def list_assignments(
+    request: Request,
+    job: JobDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    format: Annotated[Literal["json", "csv"], Query()] = "json",
+) -> AssignmentPage | StreamingResponse:
+    """Every image's cluster in upload order; `format=csv` streams the whole set."""
+    _require_results(job)
+    if format == "csv":
+        stream = _csv_rows(request.app.state.sessions, job)
+        headers = {"Content-Disposition": f'attachment; filename="{job.id}-assignments.csv"'}
+        return StreamingResponse(stream, media_type="text/csv; charset=utf-8", headers=headers)
+    after = int(cursors.decode(cursor, arity=1)[0]) if cursor else None
+    rows = results.list_assignments(session, job_id=job.id, after_seq=after, limit=limit + 1)
+    page, more = rows[:limit], len(rows) > limit
+    return AssignmentPage(
+        items=[_assignment(row) for row in page],
+        next_cursor=cursors.encode(page[-1].seq) if more else None,
+    )
+
+
+def _assignment(row: results.AssignmentRow) -> AssignmentOut:
+    return AssignmentOut(
+        image_id=row.image_id, path=row.path, cluster=row.cluster, confidence=row.confidence
+    )
+
+
+def neutralise(cell: str) -> str:
+    """Prefix cells a spreadsheet would run as a formula with a quote."""
+    return "'" + cell if cell.startswith(CSV_FORMULA_START) else cell
+
+
+def _csv_rows(sessions: sessionmaker[Session], job: Job) -> Iterator[str]:
+    # Its own session: the response streams after the request's session is gone.
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image_id", "path", "cluster", "confidence"])
+    with sessions() as session:
+        for i, row in enumerate(results.iter_assignments(session, job_id=job.id)):
+            writer.writerow(
+                [row.image_id, neutralise(row.path), row.cluster, f"{row.confidence:.6f}"]
+            )
+            if i % 1000 == 999:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+    yield buffer.getvalue()

@@ -1,0 +1,184 @@
+"""Request and response bodies; what OpenAPI shows at /docs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.config import MAX_K
+
+
+class JobParams(BaseModel):
+    """The `params` part of POST /jobs. Unknown fields and wrong JSON types are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    k: int = Field(ge=2, le=MAX_K, description="number of clusters")
+    method: Literal["mmdc", "imc", "kmeans"] = "mmdc"
+    epochs: int | None = Field(default=None, ge=1, le=10_000, description="default: per method")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    image_size: int | None = Field(default=None, ge=16, le=256, description="working size, px")
+    batch_size: int | None = Field(default=None, ge=2, le=8192)
+    name: str | None = Field(default=None, max_length=200)
+
+    def cluster_config(self) -> dict[str, Any]:
+        """The fields that go into core.config.ClusterConfig."""
+        return self.model_dump(exclude={"name"})
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; `errors` lists the fields at fault on 422."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+class ProgressOut(BaseModel):
+    stage: str | None
+    epoch: int | None
+    epochs: int | None
+    percent: float | None
+    loss: float | None
+    images_per_s: float | None
+    updated_at: datetime | None
+
+
+class SkippedEntry(BaseModel):
+    path: str
+    reason: str
+
+
+class Counts(BaseModel):
+    entries: int = Field(description="members in the archive")
+    images: int = Field(description="images accepted at upload")
+    skipped: int
+    skipped_by_reason: dict[str, int]
+    clustered: int | None = Field(description="images with an assignment (when succeeded)")
+
+
+class Metrics(BaseModel):
+    """Agreement with the archive's top-level folders, when it had one folder per class."""
+
+    model_config = ConfigDict(extra="allow")
+
+    acc: float | None = None
+    nmi: float | None = None
+    ari: float | None = None
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    name: str | None
+    state: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+    params: dict[str, Any]
+    progress: ProgressOut
+    counts: Counts
+    skipped: list[SkippedEntry] = Field(description="the first 100 skipped entries")
+    metrics: Metrics | None
+    timings: dict[str, float] | None
+    device: str | None
+    error: Problem | None
+    attempts: int
+    resumed_from_epoch: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class ImageRef(BaseModel):
+    image_id: uuid.UUID
+    path: str
+    confidence: float
+
+
+class ClusterOut(BaseModel):
+    id: int
+    size: int
+    mean_confidence: float
+    representatives: list[ImageRef] = Field(description="highest confidence first")
+
+
+class ClustersOut(BaseModel):
+    job_id: uuid.UUID
+    k: int
+    clusters: list[ClusterOut]
+
+
+class AssignmentOut(BaseModel):
+    image_id: uuid.UUID
+    path: str
+    cluster: int
+    confidence: float
+
+
+class AssignmentPage(BaseModel):
+    items: list[AssignmentOut]
+    next_cursor: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    database: bool
+    broker: bool
+
+
+def job_out(job: Any) -> JobOut:
+    """The API view of a store.models.Job row."""
+    progress_metrics = job.progress_metrics or {}
+    percent = None
+    if job.state == "succeeded":
+        percent = 100.0
+    elif job.epochs:
+        percent = round(100.0 * (job.epoch or 0) / job.epochs, 1)
+    reasons: dict[str, int] = {}
+    for entry in job.skipped:
+        reasons[entry["reason"]] = reasons.get(entry["reason"], 0) + 1
+    return JobOut(
+        id=job.id,
+        name=job.name,
+        state=job.state,
+        params=job.params,
+        progress=ProgressOut(
+            stage=job.stage,
+            epoch=job.epoch,
+            epochs=job.epochs,
+            percent=percent,
+            loss=progress_metrics.get("loss"),
+            images_per_s=progress_metrics.get("images_per_s"),
+            updated_at=job.progress_at,
+        ),
+        counts=Counts(
+            entries=job.archive_entries,
+            images=job.n_images,
+            skipped=job.n_skipped,
+            skipped_by_reason=reasons,
+            clustered=job.n_clustered,
+        ),
+        skipped=[SkippedEntry(**entry) for entry in job.skipped[:100]],
+        metrics=Metrics(**job.metrics) if job.metrics else None,
+        timings=job.timings,
+        device=job.device,
+        error=Problem(**job.error) if job.error else None,
+        attempts=job.attempts,
+        resumed_from_epoch=job.resumed_from_epoch,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )

@@ -1,0 +1,91 @@
+"""Real Celery worker processes (`python -m worker.cli worker`, what `corral worker` runs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from store import jobs
+from store.db import make_engine, make_sessionmaker
+from store.models import Job
+from store.settings import Settings
+from tests.conftest import REDIS_URL
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = {"progress_interval_s": 0.2, "reaper_interval_s": 0.5, "stale_after_s": 3.0}
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        env[f"CORRAL_{name.upper()}"] = str(value)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(settings: Settings) -> subprocess.Popen[bytes]:
+        log = (tmp_path / f"worker-{len(started)}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker"],
+            cwd=ROOT,
+            env=worker_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture
+def e2e_sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(settings)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def wait_for(
+    sessions: sessionmaker[Session],
+    job_id: uuid.UUID,
+    done: Callable[[Job], bool],
+    timeout_s: float = 240,
+) -> Job:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with sessions() as session:
+            job = jobs.get_job(session, job_id=job_id)
+        assert job is not None
+        if done(job):
+            return job
+        assert time.monotonic() < deadline, f"job stuck in {job.state} (epoch {job.epoch})"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def redis_settings(settings: Settings) -> Iterator[Settings]:
+    """Postgres + a real Redis broker on a queue of its own, removed after."""
+    queue = f"corral-test-{uuid.uuid4().hex[:8]}"
+    yield settings.model_copy(update={"broker_url": f"{REDIS_URL}/9", "queue_name": queue})
+    client = redis.Redis.from_url(f"{REDIS_URL}/9")
+    for key in client.scan_iter(f"*{queue}*"):
+        client.delete(key)

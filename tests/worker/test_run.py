@@ -1,0 +1,181 @@
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.result import Progress
+from store import blobs, jobs, results
+from store.models import JobState, utcnow
+from store.queue import make_celery
+from store.settings import Settings
+from tests.conftest import COLOURS, png_bytes
+from worker import reaper
+from worker.run import JobCancelled, Monitor, execute_job
+
+
+class Stored:
+    def __init__(self, path: str, blob_name: str, size_bytes: int) -> None:
+        self.path, self.blob_name, self.size_bytes = path, blob_name, size_bytes
+        self.width = self.height = 16
+        self.format = "PNG"
+
+
+def stored_job(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    params: dict[str, object],
+    per_class: int = 8,
+    broken: int = 0,
+) -> uuid.UUID:
+    """A queued job whose images sit in blob storage, as POST /jobs leaves it."""
+    import numpy as np
+
+    job_id = uuid.uuid4()
+    blobs.new_job_dir(settings, job_id)
+    rng = np.random.default_rng(0)
+    images = []
+    for name, rgb in COLOURS.items():
+        for i in range(per_class):
+            blob = f"{len(images):06d}.png"
+            data = png_bytes(rgb, rng) if len(images) >= broken else b"\x89PNG\r\n\x1a\nbroken"
+            blobs.image_path(settings, job_id, blob).write_bytes(data)
+            images.append(Stored(f"{name}/{i:03d}.png", blob, len(data)))
+    with sessions() as session, session.begin():
+        jobs.create_job(
+            session,
+            job_id=job_id,
+            params=params,
+            archive_format="zip",
+            archive_entries=len(images),
+            images=images,
+            skipped=[],
+        )
+    return job_id
+
+
+def test_execute_job_clusters_and_writes_every_assignment(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    assert execute_job(job_id, settings=settings, sessions=sessions) == JobState.SUCCEEDED
+    with sessions() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert job is not None and job.state == JobState.SUCCEEDED and job.attempts == 1
+        assert job.n_clustered == 24 and job.metrics is not None
+        assert job.metrics["acc"] == pytest.approx(1.0)  # three clearly separate colours
+        clusters = results.list_clusters(session, job_id=job_id)
+        assert sorted(c.size for c in clusters) == [8, 8, 8]
+        assert len(list(results.iter_assignments(session, job_id=job_id))) == 24
+    assert not blobs.checkpoint_path(settings, job_id).exists()
+
+
+def test_execute_job_twice_runs_it_once(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    execute_job(job_id, settings=settings, sessions=sessions)
+    assert execute_job(job_id, settings=settings, sessions=sessions) == "already_finished"
+    assert execute_job(uuid.uuid4(), settings=settings, sessions=sessions) == "missing"
+
+
+def test_execute_job_with_too_few_decodable_images_fails_clearly(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"}, per_class=1, broken=1)
+    assert execute_job(job_id, settings=settings, sessions=sessions) == JobState.FAILED
+    with sessions() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert job is not None and job.error is not None
+        assert job.error["type"].endswith("invalid_input") and "k=3" in job.error["detail"]
+
+
+def test_a_redelivered_job_of_a_dead_worker_is_claimed_again(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    with sessions() as session, session.begin():
+        job = jobs.get_job(session, job_id=job_id)
+        assert job is not None
+        import socket
+
+        # pid 2**22 + 1 is above Linux's pid_max, so that process is certainly gone
+        jobs.claim_job(session, job=job, worker_id=f"{socket.gethostname()}:{2**22 + 1}")
+    assert execute_job(job_id, settings=settings, sessions=sessions) == JobState.SUCCEEDED
+    with sessions() as session:
+        assert jobs.get_job(session, job_id=job_id).attempts == 2  # type: ignore[union-attr]
+
+
+def test_a_live_workers_job_is_not_taken(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    with sessions() as session, session.begin():
+        job = jobs.get_job(session, job_id=job_id)
+        jobs.claim_job(session, job=job, worker_id="another-host:1")  # type: ignore[arg-type]
+    assert execute_job(job_id, settings=settings, sessions=sessions) == "running_elsewhere"
+
+
+def test_reaper_requeues_a_silent_job_then_fails_it_after_max_attempts(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    settings = settings.model_copy(update={"max_attempts": 2, "stale_after_s": 1.0})
+    job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    celery = make_celery(settings)
+    long_ago = utcnow() - timedelta(seconds=30)
+    for expected_state in (JobState.QUEUED, JobState.FAILED):
+        with sessions() as session, session.begin():
+            job = jobs.get_job(session, job_id=job_id)
+            jobs.claim_job(session, job=job, worker_id="gone-host:1", now=long_ago)  # type: ignore[arg-type]
+        requeued = reaper.reap(sessions, settings, celery)
+        assert (job_id in requeued) == (expected_state == JobState.QUEUED)
+        with sessions() as session:
+            job = jobs.get_job(session, job_id=job_id)
+            assert job is not None and job.state == expected_state
+    assert job.error is not None and job.error["type"].endswith("worker_lost")
+    assert job.attempts == 2
+
+
+def test_monitor_stops_training_when_cancelled(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    with sessions() as session, session.begin():
+        job = jobs.get_job(session, job_id=job_id)
+        jobs.claim_job(session, job=job, worker_id="me:1")  # type: ignore[arg-type]
+        jobs.request_cancel(session, job=job)  # type: ignore[arg-type]
+    monitor = Monitor(sessions, job_id, "me:1", 0.05)
+    monitor.update(Progress("clustering", 1, 5, {"loss": 1.0}))
+    with monitor:
+        deadline = time.monotonic() + 10
+        with pytest.raises(JobCancelled):
+            while time.monotonic() < deadline:
+                monitor.on_progress(Progress("clustering", 1, 5, {"loss": 1.0}))
+                time.sleep(0.02)
+    with sessions() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert job is not None and job.epoch == 1 and job.progress_metrics == {"loss": 1.0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_cancelling_a_running_mmdc_job_stops_it_before_the_last_epoch(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    job_id = stored_job(
+        settings,
+        sessions,
+        {"k": 3, "method": "mmdc", "epochs": 50, "backbone": "vgg", "batch_size": 24},
+    )
+    outcome: list[str] = []
+    runner = threading.Thread(target=lambda: outcome.append(execute_job(job_id, settings=settings, sessions=sessions)))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with sessions() as session, session.begin():
+            job = jobs.get_job(session, job_id=job_id)
+            assert job is not None
+            if job.state == JobState.RUNNING and (job.epoch or 0) >= 1:
+                assert jobs.request_cancel(session, job=job)
+                break
+        time.sleep(0.05)
+    runner.join(timeout=120)
+    assert outcome == [JobState.CANCELLED]
+    with sessions() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert job is not None and job.state == JobState.CANCELLED and (job.epoch or 0) < 50
