@@ -34,11 +34,11 @@ from worker.reaper import worker_lost_error
 log = logging.getLogger(__name__)
 
 
-class JobCancelled(Exception):  # noqa: N818 - a stop signal, not an error
+class JobCancelled(Exception):
     """Raised from the progress callback: the user cancelled the job."""
 
 
-class JobLost(Exception):  # noqa: N818 - a stop signal, not an error
+class JobLost(Exception):
     """Raised from the progress callback: this worker no longer owns the job."""
 
 
