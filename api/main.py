@@ -22,7 +22,6 @@ from store.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 MULTIPART_SLACK = 1024 * 1024  # room for the params field and part headers next to the archive
-ORPHAN_GRACE_S = 3600.0  # an upload folder this old without a job row is left from a crash
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sweep_orphans(app, older_than_s=ORPHAN_GRACE_S)
+        sweep_orphans(app, older_than_s=settings.orphan_grace_s)
         yield
         engine.dispose()
 

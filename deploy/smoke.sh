@@ -185,7 +185,7 @@ write_env() {
   {
     echo "CORRAL_DEVICE=cpu"
     echo "CORRAL_HEARTBEAT_INTERVAL_S=2"
-    echo "CORRAL_STALE_AFTER_S=15"
+    echo "CORRAL_STALE_AFTER_S=10"
     echo "CORRAL_REAPER_INTERVAL_S=3"
     echo "CORRAL_PROGRESS_INTERVAL_S=1"
   } >"$WORK/corral.env"
@@ -282,11 +282,17 @@ down_up() {
   DETAIL="down (volumes kept) + up: $(last "${CLIENT[@]}" check "$URL" "$JOB1" --k 3 --images 60 --pure)"
 }
 
-worker_of() { # job id -> the worker container whose log says it claimed the job
-  local c
+worker_of() { # job id -> the worker container that ran it: the job row's worker_id is
+  # "hostname:pid" and a container's hostname is its short id; the worker's log as a fallback
+  local host c
+  host="$(compose exec -T postgres psql -U corral -d corral -tAc \
+    "select split_part(worker_id, ':', 1) from jobs where id = '$1'" 2>/dev/null | tr -d '[:space:]')"
   for c in $(compose ps -q worker); do
-    if "$ENGINE" logs "$c" 2>&1 | grep -q "job $1 claimed"; then
+    c="$("$ENGINE" inspect -f '{{.Id}}' "$c")"
+    if { [ -n "$host" ] && [ "${c:0:${#host}}" = "$host" ]; } \
+      || "$ENGINE" logs "$c" 2>&1 | grep -q "job $1 claimed"; then
       echo "$c"
+      return 0
     fi
   done
 }
@@ -296,7 +302,18 @@ scale_two() {
   local n
   n=$(compose ps -q worker | wc -l)
   [ "$n" = 2 ] || { echo "$n workers running"; return 1; }
-  DETAIL="2 worker containers running"
+  # both consuming: Celery logs "<name> ready." once it listens to the queue
+  local c ready=0
+  for _ in $(seq 120); do
+    ready=0
+    for c in $(compose ps -q worker); do
+      "$ENGINE" logs "$c" 2>&1 | grep -q ' ready\.' && ready=$((ready + 1))
+    done
+    [ "$ready" = 2 ] && break
+    sleep 1
+  done
+  [ "$ready" = 2 ] || { echo "only $ready workers ready"; return 1; }
+  DETAIL="2 worker containers running, both consuming"
 }
 
 two_workers_take_jobs() {
@@ -315,7 +332,7 @@ two_workers_take_jobs() {
 
 kill_worker_mid_job() {
   compose up -d --no-build --no-recreate --scale worker=1 || return 1
-  local params='{"k": 3, "method": "mmdc", "epochs": 5, "image_size": 16, "name": "kill"}'
+  local params='{"k": 3, "method": "mmdc", "epochs": 4, "image_size": 16, "name": "kill"}'
   local job victim before after restarts
   job="$(last "${CLIENT[@]}" submit "$URL" "$WORK/colours.zip" "$params")" || return 1
   # after the first epoch's checkpoint

@@ -145,7 +145,7 @@ def cmd_wait(args) -> None:
                 raise SystemExit(f"job {args.job} {state}: {json.dumps(job.get('error'))}")
             if args.until == "running":
                 raise SystemExit(f"job {args.job} finished before it could be caught running")
-            if args.expect_resumed and not (job.get("attempts", 0) >= 2 and job.get("resumed_from_epoch") is not None):
+            if args.expect_resumed and not (job.get("attempts", 0) >= 2 and (job.get("resumed_from_epoch") or 0) >= 1):
                 raise SystemExit(
                     f"succeeded but not resumed: attempts={job.get('attempts')}, "
                     f"resumed_from_epoch={job.get('resumed_from_epoch')}"

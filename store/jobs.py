@@ -243,6 +243,29 @@ def reap_job(session: Session, *, job: Job, heartbeat_before: datetime, **values
     return _rowcount(result) == 1
 
 
+def waiting_jobs(session: Session, *, updated_before: datetime) -> list[Job]:
+    """Queued jobs untouched since `updated_before` (their run message may have been lost)."""
+    query = select(Job).where(Job.state == JobState.QUEUED, Job.updated_at < updated_before)
+    return list(session.scalars(query.order_by(Job.created_at)))
+
+
+def touch_queued(session: Session, *, job: Job, updated_before: datetime) -> bool:
+    """Mark a queued job as just re-sent, only if no one touched it since `updated_before`
+    (so two reapers at once re-send it once)."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job.id,
+            Job.state == JobState.QUEUED,
+            Job.attempts == job.attempts,
+            Job.updated_at < updated_before,
+        )
+        .values(updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result) == 1
+
+
 def existing_job_ids(session: Session, *, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     if not job_ids:
         return set()

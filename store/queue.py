@@ -6,6 +6,8 @@ itself is in worker/tasks.py; the API never imports the worker.
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from typing import Any
 
@@ -69,3 +71,63 @@ def broker_reachable(settings: Settings, *, timeout_s: float = 2.0) -> bool:
         return True
     except Exception:  # any failure to connect means "not ready"
         return False
+
+
+def pending_job_ids(settings: Settings) -> set[uuid.UUID] | None:
+    """Job ids with a run message waiting in the broker or delivered but not yet acknowledged.
+
+    None when this transport cannot be inspected (the caller then treats every old queued job
+    as possibly lost). A duplicate message is harmless: the claim is a compare-and-set.
+    """
+    if settings.broker_url.startswith("filesystem"):
+        folder = settings.broker_dir / "queue"
+        payloads = [path.read_bytes() for path in folder.glob("*.msg") if path.is_file()]
+        return _job_ids(payloads)
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return _redis_pending(settings)
+    return None
+
+
+def _redis_pending(settings: Settings) -> set[uuid.UUID]:
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
+    try:
+        payloads: list[bytes] = []
+        # kombu keeps one list per priority step: `queue`, `queue\x06\x163`, ...
+        for key in client.scan_iter(match=f"{settings.queue_name}*", count=1000):
+            if client.type(key) == b"list":
+                payloads.extend(client.lrange(key, 0, -1))
+        # Delivered, not yet acked (late acks): values are [message, exchange, routing_key].
+        for raw in client.hvals("unacked"):
+            try:
+                payloads.append(json.dumps(json.loads(raw)[0]).encode())
+            except (ValueError, IndexError, TypeError):
+                continue
+        return _job_ids(payloads)
+    finally:
+        client.close()
+
+
+def _job_ids(payloads: list[bytes]) -> set[uuid.UUID]:
+    found = set()
+    for raw in payloads:
+        job_id = _job_id_of(raw)
+        if job_id is not None:
+            found.add(job_id)
+    return found
+
+
+def _job_id_of(raw: bytes) -> uuid.UUID | None:
+    """The job id of one kombu message (task protocol 2: body = [args, kwargs, embed])."""
+    try:
+        message = json.loads(raw)
+        if message.get("headers", {}).get("task") != RUN_JOB:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return uuid.UUID(str(args[0]))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None

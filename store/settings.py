@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     max_total_bytes: Annotated[int, Field(ge=1)] = 8 * 1024**3
     max_ratio: Annotated[float, Field(gt=1)] = 200.0
     max_pixels: Annotated[int, Field(ge=1)] = 50_000_000
+    # At API start, a job folder this old without a job row is a cut-off upload and is removed.
+    # Longer than any upload in flight on another API process sharing the data dir.
+    orphan_grace_s: Annotated[float, Field(ge=0)] = 3600.0
 
     # Worker behaviour.
     device: str = "auto"  # auto | cpu | cuda
@@ -38,6 +41,10 @@ class Settings(BaseSettings):
     stale_after_s: Annotated[float, Field(gt=0)] = 120.0
     reaper_interval_s: Annotated[float, Field(gt=0)] = 60.0
     max_attempts: Annotated[int, Field(ge=1)] = 3
+    # A job queued this long whose run message is in no broker queue was lost (a broker
+    # restarted without persistence, a worker killed between taking and claiming it): the
+    # reaper sends it again. A duplicate is harmless: the claim is a compare-and-set.
+    resend_queued_after_s: Annotated[float, Field(gt=0)] = 300.0
     task_time_limit_s: Annotated[int, Field(ge=10)] = 24 * 3600
 
     # Access.

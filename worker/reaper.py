@@ -1,4 +1,5 @@
-"""Find running jobs whose worker went silent; requeue them, or fail them after max attempts."""
+"""Keep every job moving: requeue (or fail) running jobs whose worker went silent, and send
+again the queued jobs whose run message the broker no longer holds."""
 
 from __future__ import annotations
 
@@ -64,6 +65,25 @@ def reap(sessions: sessionmaker[Session], settings: Settings, celery: Celery) ->
     return requeued
 
 
+def resend_lost(
+    sessions: sessionmaker[Session], settings: Settings, celery: Celery
+) -> list[uuid.UUID]:
+    """One pass; returns the ids of the queued jobs whose message was sent again."""
+    pending = queue.pending_job_ids(settings)  # before the rows: a job claimed meanwhile is safe
+    cutoff = utcnow() - timedelta(seconds=settings.resend_queued_after_s)
+    resent = []
+    with transaction(sessions) as session:
+        for job in jobs.waiting_jobs(session, updated_before=cutoff):
+            if pending is not None and job.id in pending:
+                continue
+            if jobs.touch_queued(session, job=job, updated_before=cutoff):
+                resent.append(job.id)
+    for job_id in resent:  # after commit, as in reap()
+        log.warning("job %s queued without a broker message; sending it again", job_id)
+        queue.enqueue_job(celery, settings, job_id)
+    return resent
+
+
 def start_reaper(
     sessions: sessionmaker[Session], settings: Settings, celery: Celery
 ) -> threading.Event:
@@ -72,10 +92,11 @@ def start_reaper(
 
     def loop() -> None:
         while True:
-            try:
-                reap(sessions, settings, celery)
-            except Exception:  # the database or broker may be briefly down; try next round
-                log.exception("reaper pass failed")
+            for one_pass in (reap, resend_lost):
+                try:
+                    one_pass(sessions, settings, celery)
+                except Exception:  # the database or broker may be briefly down; try next round
+                    log.exception("reaper pass %s failed", one_pass.__name__)
             if stop.wait(settings.reaper_interval_s):
                 return
 

@@ -18,7 +18,9 @@ Section numbers refer to docs/algorithms.md §2; the adaptations to arbitrary up
 - crops are at least 16 px (the small VGG pools four times); the small VGG is globally pooled;
 - BN read-out statistics: one pass over all (full, uncropped) images in train mode with
   cumulative averages, i.e. the population statistics of the images we label (transductive, as
-  the reference's test-batch warm-up, §2.9), replacing the crop statistics from training.
+  the reference's test-batch warm-up, §2.9), replacing the crop statistics from training;
+- embeddings: the encoder features the classifier reads (512-d ResNet, 256-d VGG), so labels,
+  centres and embeddings share one space; the projection only serves the prototype cosines.
 """
 
 from __future__ import annotations

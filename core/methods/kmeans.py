@@ -18,9 +18,9 @@ class KMeansFit:
     distances: torch.Tensor  # (N, k) squared distances to the centres
 
 
-def squared_distances(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+def squared_distances(x: torch.Tensor, centres: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
     """(N, k) squared Euclidean distances via one addmm, clamped at 0 against round-off."""
-    x_sq = (x * x).sum(1, keepdim=True)  # (N, 1)
+    x_sq = (x * x).sum(1, keepdim=True) if x_sq is None else x_sq  # (N, 1)
     c_sq = (centres * centres).sum(1)  # (k,)
     return torch.addmm(x_sq + c_sq, x, centres.T, alpha=-2.0).clamp_min_(0)
 
@@ -42,8 +42,10 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
 def lloyd(x: torch.Tensor, centres: torch.Tensor, *, iterations: int, tol: float) -> KMeansFit:
     """Lloyd iterations; an emptied cluster takes the point farthest from its centre."""
     k = centres.shape[0]
+    x_sq = (x * x).sum(1, keepdim=True)
+    threshold = tol * (x.var(0).sum() + 1e-12)
     for _ in range(iterations):
-        distances = squared_distances(x, centres)
+        distances = squared_distances(x, centres, x_sq)
         labels = distances.argmin(1)
         sums = torch.zeros_like(centres).index_add_(0, labels, x)
         counts = torch.bincount(labels, minlength=k).to(x.dtype)
@@ -54,9 +56,9 @@ def lloyd(x: torch.Tensor, centres: torch.Tensor, *, iterations: int, tol: float
             distances[farthest] = 0
         shift = ((new - centres) ** 2).sum()
         centres = new
-        if shift <= tol * (x.var(0).sum() + 1e-12):
+        if shift <= threshold:
             break
-    distances = squared_distances(x, centres)
+    distances = squared_distances(x, centres, x_sq)
     labels = distances.argmin(1)
     inertia = float(distances.gather(1, labels[:, None]).sum())
     return KMeansFit(labels, centres, inertia, distances)

@@ -1,0 +1,70 @@
+"""The reaper's second pass: queued jobs whose run message the broker lost are sent again."""
+
+import uuid
+from datetime import timedelta
+
+from kombu import Connection
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from store import queue
+from store.models import Job, utcnow
+from store.settings import Settings
+from tests.worker.test_run import stored_job
+from worker import reaper
+
+
+def age(sessions: sessionmaker[Session], job_id: uuid.UUID, seconds: float) -> None:
+    with sessions() as session, session.begin():
+        session.execute(
+            update(Job).where(Job.id == job_id).values(updated_at=utcnow() - timedelta(seconds=seconds))
+        )
+
+
+def take_message(settings: Settings) -> uuid.UUID | None:
+    """A worker SIGKILLed right after taking the message: it is out of the queue for good.
+
+    (Acked here because a clean close would restore it; a SIGKILL restores nothing.)
+    """
+    options = queue.celery_config(settings)["broker_transport_options"]
+    with Connection(settings.broker_url, transport_options=options) as connection:
+        message = connection.SimpleQueue(settings.queue_name).get(timeout=5)
+        message.ack()
+        return uuid.UUID(message.payload[0][0])  # [args, kwargs, embed]
+
+
+def test_pending_job_ids_reads_the_filesystem_queue(settings: Settings) -> None:
+    job_id = uuid.uuid4()
+    queue.enqueue_job(queue.make_celery(settings), settings, job_id)
+    assert queue.pending_job_ids(settings) == {job_id}
+    assert take_message(settings) == job_id
+    assert queue.pending_job_ids(settings) == set()
+
+
+def test_a_queued_job_whose_message_was_taken_and_lost_is_sent_again_once(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    settings = settings.model_copy(update={"resend_queued_after_s": 60.0})
+    job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    celery = queue.make_celery(settings)
+    queue.enqueue_job(celery, settings, job_id)
+    assert reaper.resend_lost(sessions, settings, celery) == []  # young: left alone
+    age(sessions, job_id, 120)
+    assert reaper.resend_lost(sessions, settings, celery) == []  # its message is waiting
+    assert take_message(settings) == job_id  # ... and now it is gone with a dead worker
+    assert reaper.resend_lost(sessions, settings, celery) == [job_id]
+    assert queue.pending_job_ids(settings) == {job_id}
+    assert reaper.resend_lost(sessions, settings, celery) == []  # touched: not sent twice
+
+
+def test_a_job_that_left_the_queue_is_not_sent_again(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    settings = settings.model_copy(update={"resend_queued_after_s": 60.0})
+    job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    celery = queue.make_celery(settings)
+    with sessions() as session, session.begin():
+        session.execute(update(Job).where(Job.id == job_id).values(state="cancelled"))
+    age(sessions, job_id, 120)
+    assert reaper.resend_lost(sessions, settings, celery) == []
+    assert queue.pending_job_ids(settings) == set()
