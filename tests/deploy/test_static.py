@@ -336,7 +336,9 @@ def test_commands_are_corral_subcommands_with_accepted_options():
 
 def test_healthcheck_endpoints_exist(tmp_path):
     code = (
-        "import json; from api.main import app; print(json.dumps(sorted({getattr(r, 'path', '') for r in app.routes})))"
+        "import json, api.main as m; "
+        "app = m.app if hasattr(m, 'app') else m.create_app(); "
+        "print(json.dumps(sorted(app.openapi()['paths'])))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
