@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -51,7 +52,7 @@ def main() -> None:
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
     config = ClusterConfig(k=args.k, method=args.method, epochs=args.epochs, seed=args.seed,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, precision=args.precision)
 
     def log_progress(p: Progress) -> None:
         if "acc" in p.metrics or p.stage == "done":

@@ -26,7 +26,7 @@ def bare_step_rate(trainer: Trainer, batch: torch.Tensor, steps: int) -> float:
     for i in range(steps + 1):
         if i == 1:
             started = time.perf_counter()
-        with autocast(trainer.ctx.device):
+        with autocast(trainer.ctx.device, trainer.config.precision):
             loss = F.mse_loss(trainer.model(x).float(), target)
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--images", type=int, default=2560)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.threads:
@@ -55,14 +56,14 @@ def main() -> None:
     device = pick_device("auto")
     images = torch.randint(0, 256, (args.images, args.channels, args.size, args.size), dtype=torch.uint8,
                            device=device)
-    config = ClusterConfig(k=args.k, batch_size=args.batch_size, epochs=10)
+    config = ClusterConfig(k=args.k, batch_size=args.batch_size, epochs=10, precision=args.precision)
     ctx = RunContext(device=device, generator=torch.Generator(device=device).manual_seed(0))
     trainer = Trainer(images, config, ctx)
     bare = bare_step_rate(trainer, images[: args.batch_size], steps=10)
     trainer.clustering_epoch(reassign=True)  # warm-up
     _, full = trainer.clustering_epoch(reassign=True)
     report = {"network": trainer.plan.backbone, "device": str(device), "batch_size": args.batch_size,
-              "input": [args.channels, args.size, args.size], "threads": torch.get_num_threads(),
+              "input": [args.channels, args.size, args.size], "threads": torch.get_num_threads(), "precision": args.precision,
               "bare_train_images_per_s": bare, "mmdc_step_images_per_s": full, "ratio": bare / full}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -48,6 +48,8 @@ def add_cluster_command(commands: argparse._SubParsersAction) -> None:  # type: 
     cmd.add_argument("--seed", type=int, default=0)
     cmd.add_argument("--batch-size", type=int, default=None)
     cmd.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    cmd.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                     help="auto: bf16 on CUDA, fp32 on CPU")
     cmd.add_argument("--image-size", type=int, default=None, help="working size in px (default: auto)")
     cmd.add_argument("--out", type=Path, default=None, help="write path,cluster,confidence CSV here")
     cmd.add_argument("--checkpoint", type=Path, default=None, help="save/resume training state here")
@@ -60,7 +62,7 @@ def run_cluster(args: argparse.Namespace) -> int:
     from core.pipeline import cluster
 
     config = ClusterConfig(k=args.k, method=args.method, epochs=args.epochs, seed=args.seed,
-                           batch_size=args.batch_size, image_size=args.image_size)
+                           batch_size=args.batch_size, image_size=args.image_size, precision=args.precision)
     config.validate()
     image_set = read_images(args.path, image_size=args.image_size)
     for path, reason in image_set.skipped:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 Method = Literal["mmdc", "imc", "kmeans"]
 Backbone = Literal["auto", "resnet18", "vgg"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 METHOD_NAMES: tuple[str, ...] = ("mmdc", "imc", "kmeans")
 MAX_K = 1000
@@ -68,6 +69,8 @@ class ClusterConfig:
     batch_size: int | None = None  # None = 128 for MMDC, 256 for IMC (capped at N)
     image_size: int | None = None  # working size; None = taken from the images
     backbone: Backbone = "auto"
+    # auto = bf16 autocast on CUDA, exact fp32 on CPU; bf16 on a CPU with avx512_bf16 is ~1.7x faster
+    precision: Precision = "auto"
     mmdc: MMDCParams = field(default_factory=MMDCParams)
     imc: IMCParams = field(default_factory=IMCParams)
 
@@ -83,6 +86,8 @@ class ClusterConfig:
             raise ValueError(f"epochs={self.epochs} is out of range; use 1..10000")
         if self.batch_size is not None and not 2 <= self.batch_size <= 8192:
             raise ValueError(f"batch_size={self.batch_size} is out of range; use 2..8192")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision={self.precision!r} is unknown; use auto, fp32 or bf16")
         if self.image_size is not None and not 16 <= self.image_size <= 256:
             raise ValueError(f"image_size={self.image_size} is out of range; use 16..256")
 

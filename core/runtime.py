@@ -19,10 +19,10 @@ def pick_device(requested: str | torch.device | None) -> torch.device:
     return device
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
-    """bf16 mixed precision on CUDA; exact fp32 on CPU (same seed, same result)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager[None]:
+    """bf16 mixed precision on CUDA, exact fp32 on CPU, unless `precision` says otherwise."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -47,6 +47,7 @@ def infer(
     view: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
     batch_size: int = 1024,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """Apply `model(view(batch))` over all images in eval mode; float32 outputs (N, ...)."""
     modules = [m for m in getattr(model, "modules", lambda: [])() if isinstance(m, nn.Module)]
@@ -54,7 +55,7 @@ def infer(
     for module in modules:
         module.eval()
     outputs = []
-    with autocast(device):
+    with autocast(device, precision):
         for part in batches(images.shape[0], batch_size):
             outputs.append(model(channels_last(view(images[part]))).float())
     for module, training in zip(modules, was_training, strict=True):

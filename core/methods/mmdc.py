@@ -153,7 +153,7 @@ class Trainer:
         for step, index in enumerate(self.shuffled_batches()):
             rotated, labels = augment.rotations(self.images[index])  # (4B, C, S, S) uint8
             x = augment.random_crops(rotated, self.size, self.ctx.generator, crop_fractions=self.plan.crops)
-            with autocast(self.ctx.device):
+            with autocast(self.ctx.device, self.config.precision):
                 loss = F.cross_entropy(self.model.rotation_logits(channels_last(x)).float(), labels)
             self.step(loss, step)
             total, steps = total + float(loss.detach()), steps + 1
@@ -166,11 +166,11 @@ class Trainer:
             raw = self.images[index]
             if reassign:
                 self.model.eval()  # the reference matches on eval-mode embeddings of the centre view
-                with torch.no_grad(), autocast(self.ctx.device):
+                with torch.no_grad(), autocast(self.ctx.device, self.config.precision):
                     z_view = self.model(channels_last(self.centre_view(raw)))
                 self.model.train()
                 self.targets[index] = reassign_batch(z_view, self.targets[index])
-            with autocast(self.ctx.device):
+            with autocast(self.ctx.device, self.config.precision):
                 z = self.model(channels_last(self.train_view(raw))).float()
                 loss = F.mse_loss(z, self.targets[index])  # = (2 - 2 z·t) / k per image (§1.4)
             self.step(loss, step)
@@ -201,7 +201,7 @@ class Trainer:
         return parts
 
     def embed(self) -> torch.Tensor:
-        return infer(self.model, self.images, self.centre_view, self.ctx.device)  # (N, k)
+        return infer(self.model, self.images, self.centre_view, self.ctx.device, precision=self.config.precision)
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, object]:
