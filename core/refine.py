@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from core.assign import hungarian
-from core.methods.kmeans import kmeans
+from core.methods.kmeans import kmeans, lloyd
 
 
 def align_labels(new: np.ndarray, previous: np.ndarray, k: int) -> np.ndarray:
@@ -18,10 +18,22 @@ def align_labels(new: np.ndarray, previous: np.ndarray, k: int) -> np.ndarray:
 
 
 def kmeans_centres(
-    embeddings: torch.Tensor, previous: torch.Tensor, k: int, *, generator: torch.Generator, restarts: int
+    embeddings: torch.Tensor,
+    previous: torch.Tensor,
+    k: int,
+    *,
+    generator: torch.Generator,
+    restarts: int,
+    init: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """k-means centres (k, d) of the embeddings, ordered so centre c overlaps previous label c."""
+    """k-means centres (k, d) of the embeddings, ordered so centre c overlaps previous label c.
+
+    With `init`, Lloyd from those centres competes with the k-means++ restarts; lowest inertia wins.
+    """
     fit = kmeans(embeddings, k, generator=generator, restarts=restarts)
+    if init is not None:
+        seeded = lloyd(embeddings.float(), init.float().clone(), iterations=100, tol=1e-6)
+        fit = seeded if seeded.inertia < fit.inertia else fit
     aligned = align_labels(fit.labels.cpu().numpy(), previous.cpu().numpy(), k)
     order = np.argsort(_mapping(fit.labels.cpu().numpy(), aligned, k))
     return fit.centres[torch.from_numpy(order).to(fit.centres.device)]

@@ -258,11 +258,10 @@ def train_mmdc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> 
     embeddings = trainer.embed()
     centres = trainer.means
     if plan.refine_epoch < plan.epochs:
-        # after refinement a cluster is the nearest k-means centre (design.md); its ids are
-        # aligned with the mixture axes, so a well-trained net gives the same labels either way
-        previous = readout(embeddings, trainer.means)[0]
-        centres = kmeans_centres(embeddings, previous, config.k, generator=ctx.generator,
-                                 restarts=config.mmdc.kmeans_restarts)
+        # after refinement a cluster is the nearest k-means centre (design.md), ids aligned with the axes
+        centres = kmeans_centres(embeddings, readout(embeddings, trainer.means)[0], config.k,
+                                 generator=ctx.generator, restarts=config.mmdc.kmeans_restarts,
+                                 init=trainer.means)
     labels, confidences = readout(embeddings, centres)
     return MethodOutput(labels, confidences, embeddings, centres, trainer.history, resumed_from,
                         trainer.train_seconds)
