@@ -55,7 +55,8 @@ def warp(
     # input point = Flip · Rot · (diag(sx, sy) · u + c): rows of the 2x3 matrix per image
     theta = torch.stack(
         [
-            torch.stack([mirror * cos * scale_x, -mirror * sin * scale_y, mirror * (cos * centre_x - sin * centre_y)], 1),
+            torch.stack([mirror * cos * scale_x, -mirror * sin * scale_y,
+                         mirror * (cos * centre_x - sin * centre_y)], 1),
             torch.stack([sin * scale_x, cos * scale_y, sin * centre_x + cos * centre_y], 1),
         ],
         1,

@@ -48,14 +48,14 @@ def read_images(path: str | Path, image_size: int | None = None) -> ImageSet:
     if not path.exists():
         raise ValueError(f"{path} does not exist")
     if path.is_dir():
-        sources = _folder_sources(path)
-    elif zipfile.is_zipfile(path):
-        sources = _zip_sources(path)
-    elif tarfile.is_tarfile(path):
-        sources = _tar_sources(path)
-    else:
-        raise ValueError(f"{path} is neither a folder nor a zip/tar archive")
-    return decode_sources(sources, image_size=image_size)
+        return decode_sources(_folder_sources(path), image_size=image_size)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return decode_sources(_zip_sources(archive), image_size=image_size)
+    if tarfile.is_tarfile(path):
+        with tarfile.open(path) as archive:
+            return decode_sources(_tar_sources(archive), image_size=image_size)
+    raise ValueError(f"{path} is neither a folder nor a zip/tar archive")
 
 
 def decode_files(files: Sequence[tuple[str, Path]], image_size: int | None = None) -> ImageSet:
@@ -161,14 +161,12 @@ def _folder_sources(root: Path) -> dict[str, Opener]:
     }
 
 
-def _zip_sources(path: Path) -> dict[str, Opener]:
-    archive = zipfile.ZipFile(path)
+def _zip_sources(archive: zipfile.ZipFile) -> dict[str, Opener]:
     members = [m for m in archive.infolist() if not m.is_dir() and not _hidden(m.filename)]
     return {m.filename: (lambda m=m: archive.read(m)) for m in members}
 
 
-def _tar_sources(path: Path) -> dict[str, Opener]:
-    archive = tarfile.open(path)
+def _tar_sources(archive: tarfile.TarFile) -> dict[str, Opener]:
     members = [m for m in archive.getmembers() if m.isfile() and not _hidden(m.name)]
 
     def reader(member: tarfile.TarInfo) -> Opener:

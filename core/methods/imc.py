@@ -29,18 +29,16 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.assign import sinkhorn
-from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import ClusterConfig, IMCParams
 from core.context import MethodOutput, RunContext
 from core.data import augment
+from core.loop import run_epochs
 from core.losses import logit_penalty, mutual_information_loss, swapped_prediction_loss
-from core.metrics import evaluate
 from core.models.backbones import SmallVGG, choose_backbone, small_resnet18
 from core.models.imc_heads import IMCNet, PooledEncoder
 from core.runtime import autocast, batches, channels_last, infer, prepare_model
@@ -269,25 +267,9 @@ def train_imc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> M
     """Train IMC-SwAV on `images` (N, C, S, S) uint8 on ctx.device; resume from ctx.checkpoint."""
     trainer = Trainer(images, config, ctx)
     plan = trainer.plan
-    saved = load_checkpoint(ctx.checkpoint, config=config.to_dict(), n_images=images.shape[0])
-    if saved is not None:
-        trainer.restore(saved)
-    resumed_from = trainer.epoch
-    ctx.report("setup", trainer.epoch, plan.epochs)
-    while trainer.epoch < plan.epochs:
-        started = time.perf_counter()
-        record = trainer.train_epoch()
-        trainer.epoch += 1
-        trainer.train_seconds += time.perf_counter() - started
-        record = {"epoch": trainer.epoch, **record, "seconds": trainer.train_seconds}
-        if ctx.should_evaluate(trainer.epoch, plan.epochs):
-            assert ctx.labels is not None
-            record |= evaluate(ctx.labels, trainer.readout()[0].cpu().numpy())
-        trainer.history.append(record)
-        if ctx.checkpoint is not None:
-            save_checkpoint(ctx.checkpoint, trainer.state())
-        ctx.report("clustering", trainer.epoch, plan.epochs,
-                   **{key: value for key, value in record.items() if key != "epoch" and np.isfinite(value)})
+    resumed_from = run_epochs(trainer, ctx, epochs=plan.epochs, config=config.to_dict(),
+                              n_images=images.shape[0], train_epoch=lambda: ("clustering", trainer.train_epoch()),
+                              predict=lambda: trainer.readout()[0])
     labels, confidences, embeddings = trainer.readout()
     centres = centres_of(embeddings, labels, config.k)
     return MethodOutput(labels, confidences, embeddings, centres, trainer.history, resumed_from,

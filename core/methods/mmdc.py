@@ -14,17 +14,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.assign import hungarian
-from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import ClusterConfig, MMDCParams
 from core.context import MethodOutput, RunContext
 from core.data import augment
-from core.metrics import evaluate
+from core.loop import run_epochs
 from core.models.backbones import build_backbone, choose_backbone
 from core.models.heads import SphereHead, linear_head
 from core.refine import kmeans_centres, kmeans_targets
@@ -230,31 +228,20 @@ def train_mmdc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> 
     """Train MMDC on `images` (N, C, S, S) uint8 on ctx.device; resume from ctx.checkpoint."""
     trainer = Trainer(images, config, ctx)
     plan = trainer.plan
-    saved = load_checkpoint(ctx.checkpoint, config=config.to_dict(), n_images=images.shape[0])
-    if saved is not None:
-        trainer.restore(saved)
-    resumed_from = trainer.epoch
-    ctx.report("setup", trainer.epoch, plan.epochs)
-    while trainer.epoch < plan.epochs:
-        started = time.perf_counter()
+
+    def train_epoch() -> tuple[str, dict[str, float]]:
         refining = trainer.epoch >= plan.refine_epoch
         if refining:
             trainer.refine()
         rotation_loss = trainer.rotation_epoch() if plan.rotation else float("nan")
         loss, images_per_s = trainer.clustering_epoch(reassign=not refining)
         trainer.scheduler.step()
-        trainer.epoch += 1
-        trainer.train_seconds += time.perf_counter() - started
-        record = {"epoch": trainer.epoch, "loss": loss, "rotation_loss": rotation_loss,
-                  "images_per_s": images_per_s, "seconds": trainer.train_seconds}
-        if ctx.should_evaluate(trainer.epoch, plan.epochs):
-            assert ctx.labels is not None
-            record |= evaluate(ctx.labels, readout(trainer.embed(), trainer.means)[0].cpu().numpy())
-        trainer.history.append(record)
-        if ctx.checkpoint is not None:
-            save_checkpoint(ctx.checkpoint, trainer.state())
-        ctx.report("refine" if refining else "clustering", trainer.epoch, plan.epochs,
-                   **{key: value for key, value in record.items() if key != "epoch" and np.isfinite(value)})
+        stage = "refine" if refining else "clustering"
+        return stage, {"loss": loss, "rotation_loss": rotation_loss, "images_per_s": images_per_s}
+
+    resumed_from = run_epochs(trainer, ctx, epochs=plan.epochs, config=config.to_dict(),
+                              n_images=images.shape[0], train_epoch=train_epoch,
+                              predict=lambda: readout(trainer.embed(), trainer.means)[0])
     embeddings = trainer.embed()
     centres = trainer.means
     if plan.refine_epoch < plan.epochs:
