@@ -14,7 +14,8 @@ IDX_SETS = {"mnist": "mnist", "fashion-mnist": "fashion-mnist"}
 
 
 def read_idx(path: Path) -> np.ndarray:
-    raw = gzip.open(path, "rb").read()
+    with gzip.open(path, "rb") as handle:
+        raw = handle.read()
     if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
     ndim = raw[3]

@@ -63,7 +63,8 @@ def main() -> None:
     trainer.clustering_epoch(reassign=True)  # warm-up
     _, full = trainer.clustering_epoch(reassign=True)
     report = {"network": trainer.plan.backbone, "device": str(device), "batch_size": args.batch_size,
-              "input": [args.channels, args.size, args.size], "threads": torch.get_num_threads(), "precision": args.precision,
+              "input": [args.channels, args.size, args.size], "threads": torch.get_num_threads(),
+              "precision": args.precision,
               "bare_train_images_per_s": bare, "mmdc_step_images_per_s": full, "ratio": bare / full}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
