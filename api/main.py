@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.headers import NoSniff
 from api.intake import IntakeError, problem_body
 from api.limits import BodySizeLimit
-from api.routes import health, jobs, results
+from api.routes import exports, health, jobs, predict, results, ui
 from store import blobs
 from store import jobs as job_store
 from store.db import make_engine, make_sessionmaker
@@ -45,11 +48,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
     app.state.celery = make_celery(settings)
+    app.state.predict_slots = asyncio.Semaphore(settings.predict_concurrency)
     errors.install(app)
     app.add_exception_handler(IntakeError, _intake_error)  # type: ignore[arg-type]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK)
-    for router in (health.router, jobs.router, results.router):
+    routers = (health.router, jobs.router, results.router, exports.router, predict.router, ui.router)
+    for router in routers:
         app.include_router(router)
+    app.mount("/ui/static", StaticFiles(packages=[("api", "static")]), name="static")
+    app.add_middleware(NoSniff)
     return app
 
 

@@ -129,6 +129,19 @@ class AssignmentPage(BaseModel):
     next_cursor: str | None
 
 
+class PredictionOut(BaseModel):
+    filename: str
+    cluster: int | None = Field(description="null when the file could not be used")
+    confidence: float | None
+    skipped: str | None = Field(description="why the file was not used (not_an_image, ...)")
+
+
+class PredictOut(BaseModel):
+    job_id: uuid.UUID
+    k: int
+    predictions: list[PredictionOut] = Field(description="one per uploaded file, in upload order")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 

@@ -41,3 +41,6 @@ class MethodOutput:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_epoch: int = 0
     train_seconds: float = 0.0
+    # The trained read-out for new images: uint8 (N, C, S, S) -> (labels, confidences), the same
+    # mapping that produced `labels` (see core/predict.py). None for methods that cannot predict.
+    predictor: torch.nn.Module | None = None

@@ -14,6 +14,7 @@ from core.config import ClusterConfig
 from core.context import RunContext
 from core.methods import METHODS
 from core.metrics import evaluate
+from core.predict import Predictor
 from core.result import ClusterResult, ProgressCallback
 from core.runtime import pick_device
 
@@ -67,6 +68,9 @@ def cluster(
         metrics=None if labels is None else evaluate(np.asarray(labels), predicted),
         history=output.history,
         resumed_from_epoch=output.resumed_from_epoch,
+        predictor=None if output.predictor is None else Predictor(
+            output.predictor, image_size=images.shape[-1], channels=images.shape[1], k=config.k,
+            method=config.method),
     )
 
 

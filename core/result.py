@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.config import ClusterConfig
+
+if TYPE_CHECKING:  # core.predict imports torch; this module stays importable without it
+    from core.predict import Predictor
 
 
 @dataclass(frozen=True)
@@ -43,3 +47,4 @@ class ClusterResult:
     metrics: dict[str, float] | None = None  # acc, nmi, ari when labels were given
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
     resumed_from_epoch: int = 0
+    predictor: Predictor | None = None  # applies the trained clustering to new images

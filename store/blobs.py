@@ -44,6 +44,21 @@ def checkpoint_path(settings: Settings, job_id: uuid.UUID) -> Path:
     return job_dir(settings, job_id) / "checkpoint.pt"
 
 
+def embeddings_path(settings: Settings, job_id: uuid.UUID) -> Path:
+    """float32 (N, d) .npy; row i belongs to the i-th assignment in upload (`seq`) order."""
+    return job_dir(settings, job_id) / "embeddings.npy"
+
+
+def model_path(settings: Settings, job_id: uuid.UUID) -> Path:
+    """The trained read-out (core.predict.save_model), for POST /jobs/{id}/predict."""
+    return job_dir(settings, job_id) / "model.pt"
+
+
+def thumbnails_dir(settings: Settings, job_id: uuid.UUID) -> Path:
+    """Re-encoded, size-bounded previews made on demand by the web pages."""
+    return job_dir(settings, job_id) / "thumbnails"
+
+
 def new_job_dir(settings: Settings, job_id: uuid.UUID) -> Path:
     path = images_dir(settings, job_id)
     path.mkdir(parents=True, exist_ok=False)

@@ -97,7 +97,7 @@ def _redis_pending(settings: Settings) -> set[uuid.UUID]:
         # kombu keeps one list per priority step: `queue`, `queue\x06\x163`, ...
         for key in client.scan_iter(match=f"{settings.queue_name}*", count=1000):
             if client.type(key) == b"list":
-                payloads.extend(client.lrange(key, 0, -1))
+                payloads.extend(item for item in client.lrange(key, 0, -1) if isinstance(item, bytes))
         # Delivered, not yet acked (late acks): values are [message, exchange, routing_key].
         for raw in client.hvals("unacked"):
             try:

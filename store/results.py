@@ -139,3 +139,46 @@ def list_cluster_members(
         )
     query = query.order_by(Assignment.confidence.desc(), Assignment.seq).limit(limit)
     return [AssignmentRow(*row) for row in session.execute(query)]
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An assigned image with the blob that holds its bytes (for exports and thumbnails)."""
+
+    seq: int
+    image_id: uuid.UUID
+    path: str
+    blob_name: str
+    cluster: int
+    confidence: float
+
+
+def _image_file_query() -> Any:
+    return select(
+        Assignment.seq, Image.id, Image.path, Image.blob_name, Assignment.cluster, Assignment.confidence
+    ).join(Image, Image.id == Assignment.image_id)
+
+
+def iter_image_files(
+    session: Session, *, job_id: uuid.UUID, batch: int = 2000
+) -> Iterator[ImageFile]:
+    """Every assigned image of a job with its blob name, in upload order."""
+    after = -1
+    while True:
+        query = (
+            _image_file_query()
+            .where(Assignment.job_id == job_id, Assignment.seq > after)
+            .order_by(Assignment.seq)
+            .limit(batch)
+        )
+        page = [ImageFile(*row) for row in session.execute(query)]
+        yield from page
+        if len(page) < batch:
+            return
+        after = page[-1].seq
+
+
+def get_image_file(session: Session, *, job_id: uuid.UUID, image_id: uuid.UUID) -> ImageFile | None:
+    query = _image_file_query().where(Assignment.job_id == job_id, Image.id == image_id)
+    row = session.execute(query).first()
+    return ImageFile(*row) if row else None

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     resend_queued_after_s: Annotated[float, Field(gt=0)] = 300.0
     task_time_limit_s: Annotated[int, Field(ge=10)] = 24 * 3600
 
+    # POST /jobs/{id}/predict: images per request, seconds per request, child processes at once.
+    predict_max_images: Annotated[int, Field(ge=1)] = 256
+    predict_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    predict_concurrency: Annotated[int, Field(ge=1)] = 2
+
     # Access.
     require_api_keys: bool = False  # refuse every request (but /health) until a key exists
     max_active_jobs_per_key: Annotated[int, Field(ge=1)] = 10  # queued + running; more answers 429

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import threading
+import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
@@ -18,6 +20,8 @@ import httpx
 import numpy as np
 import psycopg
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import Engine, create_engine
@@ -26,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import migrations
 from store.db import make_engine, make_sessionmaker
 from store.settings import Settings
+from worker.cli import free_port
 
 PG_ADMIN = os.environ.get("CORRAL_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CORRAL_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -163,3 +168,19 @@ def submit(client: TestClient) -> Callable[..., httpx.Response]:
         return client.post("/jobs", files=files, data=body, **kwargs)  # type: ignore[arg-type]
 
     return post
+
+
+@pytest.fixture
+def server(app: FastAPI) -> Iterator[str]:
+    """The real app served by uvicorn on a free local port; its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

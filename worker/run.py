@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session, sessionmaker
 
 import core
 from core.config import ClusterConfig
 from core.data.images import ImageSet, decode_files
-from core.result import Progress
+from core.predict import save_model
+from core.result import ClusterResult, Progress
 from store import blobs, jobs, results
 from store.db import make_engine, make_sessionmaker, transaction
 from store.models import FINISHED_STATES, Image, Job, JobState, utcnow
@@ -168,6 +170,7 @@ def _run(
         checkpoint=blobs.checkpoint_path(settings, job.id),
     )
     monitor.stop()
+    _save_outputs(result, kept, settings, job.id)
     with transaction(sessions) as session:
         write_started = time.perf_counter()
         results.write_results(
@@ -202,6 +205,17 @@ def _run(
             session.rollback()
             raise JobLost(str(job.id))
     return JobState.SUCCEEDED
+
+
+def _save_outputs(result: ClusterResult, kept: list[Image], settings: Settings, job_id: uuid.UUID) -> None:
+    """Embeddings (rows in upload order, as the assignments) and the model for predictions."""
+    order = np.argsort([image.seq for image in kept], kind="stable")
+    path = blobs.embeddings_path(settings, job_id)
+    with open(path.with_name(path.name + ".partial"), "wb") as handle:
+        np.save(handle, result.embeddings[order].astype(np.float32))
+    path.with_name(path.name + ".partial").replace(path)
+    if result.predictor is not None:
+        save_model(result, blobs.model_path(settings, job_id))
 
 
 def _decode(

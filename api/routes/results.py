@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import cursors
+from api import cursors, exports
 from api.deps import JobDep, SessionDep
 from api.errors import ProblemError
 from api.routes.jobs import problems
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # spreadsheet formula triggers (OWASP)
 
 
-def _require_results(job: Job) -> None:
+def require_results(job: Job) -> None:
     if job.state != JobState.SUCCEEDED:
         raise ProblemError(
             409,
@@ -38,7 +38,7 @@ def _require_results(job: Job) -> None:
 @router.get("/clusters", response_model=ClustersOut, responses=problems(401, 404, 409))
 def list_clusters(job: JobDep, session: SessionDep) -> ClustersOut:
     """Every cluster: size, mean confidence and its most confident images."""
-    _require_results(job)
+    require_results(job)
     rows = results.list_clusters(session, job_id=job.id)
     clusters = [
         ClusterOut(
@@ -65,7 +65,7 @@ def list_cluster_images(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> AssignmentPage:
     """Members of one cluster, highest confidence first."""
-    _require_results(job)
+    require_results(job)
     if results.get_cluster(session, job_id=job.id, cluster=cluster) is None:
         raise ProblemError(
             404, "cluster_not_found", "Cluster not found", f"job {job.id} has no cluster {cluster}"
@@ -88,7 +88,16 @@ def list_cluster_images(
 @router.get(
     "/assignments",
     response_model=AssignmentPage,
-    responses={200: {"content": {"text/csv": {}}}, **problems(400, 401, 404, 409)},
+    responses={
+        200: {
+            "content": {
+                "text/csv": {},
+                "application/x-ndjson": {},
+                "application/vnd.apache.parquet": {},
+            }
+        },
+        **problems(400, 401, 404, 409),
+    },
 )
 def list_assignments(
     request: Request,
@@ -96,14 +105,12 @@ def list_assignments(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-    format: Annotated[Literal["json", "csv"], Query()] = "json",
+    format: Annotated[Literal["json", "csv", "jsonl", "parquet"], Query()] = "json",
 ) -> AssignmentPage | StreamingResponse:
-    """Every image's cluster in upload order; `format=csv` streams the whole set."""
-    _require_results(job)
-    if format == "csv":
-        stream = _csv_rows(request.app.state.sessions, job)
-        headers = {"Content-Disposition": f'attachment; filename="{job.id}-assignments.csv"'}
-        return StreamingResponse(stream, media_type="text/csv; charset=utf-8", headers=headers)
+    """Every image's cluster in upload order; `format=csv|jsonl|parquet` gives the whole set."""
+    require_results(job)
+    if format != "json":
+        return _export(request.app.state.sessions, job, format)
     after = int(cursors.decode(cursor, arity=1)[0]) if cursor else None
     rows = results.list_assignments(session, job_id=job.id, after_seq=after, limit=limit + 1)
     page, more = rows[:limit], len(rows) > limit
@@ -111,6 +118,25 @@ def list_assignments(
         items=[_assignment(row) for row in page],
         next_cursor=cursors.encode(page[-1].seq) if more else None,
     )
+
+
+EXPORT_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "jsonl": "application/x-ndjson",
+    "parquet": "application/vnd.apache.parquet",
+}
+
+
+def _export(sessions: sessionmaker[Session], job: Job, format: str) -> StreamingResponse:
+    stream: Iterator[str] | Iterator[bytes]
+    if format == "csv":
+        stream = _csv_rows(sessions, job)
+    elif format == "jsonl":
+        stream = exports.jsonl_lines(sessions, job.id)
+    else:
+        stream = exports.file_chunks(exports.parquet_file(sessions, job.id))
+    headers = {"Content-Disposition": f'attachment; filename="{job.id}-assignments.{format}"'}
+    return StreamingResponse(stream, media_type=EXPORT_TYPES[format], headers=headers)
 
 
 def _assignment(row: results.AssignmentRow) -> AssignmentOut:

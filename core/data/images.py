@@ -58,17 +58,24 @@ def read_images(path: str | Path, image_size: int | None = None) -> ImageSet:
     raise ValueError(f"{path} is neither a folder nor a zip/tar archive")
 
 
-def decode_files(files: Sequence[tuple[str, Path]], image_size: int | None = None) -> ImageSet:
+def decode_files(
+    files: Sequence[tuple[str, Path]], image_size: int | None = None, channels: int | None = None
+) -> ImageSet:
     """Decode stored files; `files` pairs each display path with where its bytes are."""
-    return decode_sources({name: file.read_bytes for name, file in files}, image_size=image_size)
+    return decode_sources({name: file.read_bytes for name, file in files}, image_size=image_size,
+                          channels=channels)
 
 
 def decode_sources(
     sources: dict[str, Opener],
     image_size: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    channels: int | None = None,
 ) -> ImageSet:
-    """Two passes: headers (size, mode) to fix S and C, then one full decode per image."""
+    """Two passes: headers (size, mode) to fix S and C, then one full decode per image.
+
+    channels: 1 or 3 forces grey-scale or RGB (a trained model's input); None decides by the set.
+    """
     skipped: list[tuple[str, str]] = []
     headers: dict[str, tuple[int, int, str]] = {}
     for name in sorted(sources):
@@ -82,7 +89,7 @@ def decode_sources(
     if not headers:
         return ImageSet(torch.zeros(0, 1, image_size or 32, image_size or 32, dtype=torch.uint8), [], skipped)
     size = image_size or auto_image_size([max(w, h) for w, h, _ in headers.values()])
-    grey = all(mode in GREY_MODES for _, _, mode in headers.values())
+    grey = all(mode in GREY_MODES for _, _, mode in headers.values()) if channels is None else channels == 1
     arrays, paths = [], []
     for name in headers:
         try:

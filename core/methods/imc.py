@@ -127,6 +127,23 @@ def centres_of(embeddings: torch.Tensor, labels: torch.Tensor, k: int) -> torch.
     return sums / counts
 
 
+class IMCReadout(nn.Module):
+    """The trained encoder and classifier with the set's normalisation: uint8 images ->
+    (classifier argmax, top probability), as `Trainer.readout` on the full images."""
+
+    def __init__(self, net: IMCNet, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", mean.detach().clone())  # (C,)
+        self.register_buffer("std", std.detach().clone())  # (C,)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = augment.normalise(augment.to_unit(images), self.mean, self.std)
+        features = self.net.encoder(channels_last(x))  # (N, F)
+        confidences, labels = F.softmax(self.net.classifier(features).float(), dim=1).max(1)
+        return labels, confidences
+
+
 class Trainer:
     """The state of one IMC-SwAV run: network, optimiser, iteration counter, history."""
 
@@ -272,5 +289,6 @@ def train_imc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> M
                               predict=lambda: trainer.readout()[0])
     labels, confidences, embeddings = trainer.readout()
     centres = centres_of(embeddings, labels, config.k)
+    predictor = IMCReadout(trainer.model, trainer.mean, trainer.std)
     return MethodOutput(labels, confidences, embeddings, centres, trainer.history, resumed_from,
-                        trainer.train_seconds)
+                        trainer.train_seconds, predictor)

@@ -112,6 +112,20 @@ def readout(z: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch
     return labels, confidence
 
 
+class MMDCReadout(nn.Module):
+    """The trained network and final centres: uint8 images -> (labels, confidences), as `readout`
+    on the centre view (§1.9)."""
+
+    def __init__(self, net: MMDCNet, centres: torch.Tensor, size: int, crop: float):
+        super().__init__()
+        self.net, self.size, self.crop = net, size, crop
+        self.register_buffer("centres", centres.detach().float().clone())  # (k, k)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.net(channels_last(augment.centre_crops(images, self.size, self.crop))).float()  # (N, k)
+        return readout(z, self.centres)
+
+
 class Trainer:
     """The state of one MMDC run: model, optimiser, targets; one method per epoch phase."""
 
@@ -250,5 +264,6 @@ def train_mmdc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> 
                                  generator=ctx.generator, restarts=config.mmdc.kmeans_restarts,
                                  init=trainer.means)
     labels, confidences = readout(embeddings, centres)
+    predictor = MMDCReadout(trainer.model, centres, trainer.size, plan.crops[0])
     return MethodOutput(labels, confidences, embeddings, centres, trainer.history, resumed_from,
-                        trainer.train_seconds)
+                        trainer.train_seconds, predictor)

@@ -4,6 +4,7 @@ import uuid
 from collections.abc import Callable
 from subprocess import Popen
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,7 +13,7 @@ from api.main import create_app
 from store import blobs
 from store.models import JobState
 from store.settings import Settings
-from tests.conftest import make_zip
+from tests.conftest import COLOURS, make_zip, png_bytes
 from tests.e2e.conftest import FAST, wait_for
 from tests.worker.test_run import stored_job
 
@@ -42,6 +43,14 @@ def upload_to_clusters(settings: Settings, start_worker: StartWorker) -> None:
         assert sorted(c["size"] for c in clusters) == [12, 12, 12]
         csv_text = client.get(f"{job_url}/assignments", params={"format": "csv"}).text
         assert len(csv_text.strip().splitlines()) == 1 + 36
+        # the worker kept the model: new images are assigned without retraining
+        items = client.get(f"{job_url}/assignments").json()["items"]
+        red = next(item for item in items if item["path"].startswith("red/"))
+        image = png_bytes(COLOURS["red"], np.random.default_rng(5))
+        predicted = client.post(f"{job_url}/predict", files=[("images", ("new.png", image, "image/png"))])
+        assert predicted.status_code == 200, predicted.text
+        assert predicted.json()["predictions"][0]["cluster"] == red["cluster"]
+        assert client.get(f"{job_url}/embeddings.npy").status_code == 200
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -85,3 +94,19 @@ def test_a_sigkilled_worker_job_resumes_from_its_checkpoint_on_a_new_worker(
     assert job.state == JobState.SUCCEEDED, job.error
     assert job.attempts == 2
     assert (job.resumed_from_epoch or 0) >= 2
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_client_submit_wait_shows_progress_and_cluster_sizes(
+    settings: Settings, start_worker: StartWorker, server: str, tmp_path, capsys  # type: ignore[no-untyped-def]
+) -> None:
+    from core.cli import main
+
+    start_worker(settings)
+    archive = tmp_path / "colours.zip"
+    archive.write_bytes(make_zip(per_class=7))
+    code = main(["submit", str(archive), "--k", "3", "--method", "kmeans", "--wait", "--server", server])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "epoch" in err and "[" in err  # the progress bar, on stderr
+    assert "21 images -> 3 clusters" in out and out.count("7 images, mean confidence") == 3

@@ -1,0 +1,43 @@
+"""POST /jobs/{id}/predict: clusters and confidences of new images, without retraining."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, File, Request, UploadFile
+
+from api.deps import JobDep, SettingsDep
+from api.errors import ProblemError
+from api.prediction import predict_uploads
+from api.routes.jobs import problems
+from api.routes.results import require_results
+from api.schemas import PredictionOut, PredictOut
+from store import blobs
+
+router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
+
+
+@router.post("/predict", response_model=PredictOut, responses=problems(401, 404, 409, 413, 422, 500, 504))
+async def predict(
+    request: Request,
+    job: JobDep,
+    settings: SettingsDep,
+    images: Annotated[list[UploadFile], File(description="one or more image files")],
+) -> PredictOut:
+    """Assign new images to this job's clusters with its trained model."""
+    require_results(job)
+    model = blobs.model_path(settings, job.id)
+    if not model.is_file():
+        raise ProblemError(
+            404,
+            "model_not_found",
+            "No model",
+            f"job {job.id} finished before models were kept; run it again to predict",
+        )
+    found = await predict_uploads(model, images, settings, request.app.state.predict_slots)
+    return PredictOut(
+        job_id=job.id,
+        k=int(job.params["k"]),
+        predictions=[PredictionOut(**asdict(p)) for p in found],
+    )

@@ -1,0 +1,61 @@
+"""Server-rendered pages: /ui (jobs and the upload form) and /ui/jobs/{id} (progress, gallery).
+
+The pages call the same JSON API from the browser (upload, progress); everything they render
+goes through Jinja2 with autoescaping. No external assets: CSS and JS come from api/static.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from api import pages
+from api.deps import CallerDep, JobDep, SessionDep, SettingsDep
+from api.schemas import job_out
+from core.config import METHOD_NAMES
+from store import blobs, jobs, results
+from store.models import JobState
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+TEMPLATES = Environment(
+    loader=PackageLoader("api", "templates"), autoescape=select_autoescape(default=True)
+)
+# Same-origin only; no inline script or style, so an escaped name can never become code.
+CSP = (
+    "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def render(name: str, **context: Any) -> HTMLResponse:
+    html = TEMPLATES.get_template(name).render(**context)
+    return HTMLResponse(html, headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
+
+
+@router.get("", response_class=HTMLResponse)
+def jobs_page(session: SessionDep, caller: CallerDep) -> HTMLResponse:
+    """The newest jobs and the upload form."""
+    rows = jobs.list_jobs(session, limit=100, before=None, owner_id=caller.key_id)
+    return render("jobs.html", jobs=[job_out(job) for job in rows], methods=METHOD_NAMES)
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(job: JobDep, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    """Live progress; once succeeded, clusters with thumbnails, the embedding map and metrics."""
+    context: dict[str, Any] = {"job": job_out(job), "clusters": [], "points": [], "confusion": None}
+    if job.state == JobState.SUCCEEDED:
+        k = int(job.params["k"])
+        rows = list(results.iter_assignments(session, job_id=job.id))
+        labels = np.array([row.cluster for row in rows], dtype=np.int64)
+        context |= {
+            "clusters": pages.cluster_views(rows, k),
+            "points": pages.embedding_map(blobs.embeddings_path(settings, job.id), labels),
+            "confusion": pages.confusion(rows, k) if job.metrics else None,
+            "side": pages.MAP_SIDE,
+        }
+    return render("job.html", **context)

@@ -1,0 +1,1 @@
+"""`corral submit|jobs|status|results`: a command-line client of a Corral server over HTTP."""

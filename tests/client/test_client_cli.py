@@ -1,0 +1,65 @@
+import csv
+import io
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.cli import main
+from store.settings import Settings
+from tests.conftest import make_zip
+from worker.run import execute_job
+
+pytestmark = pytest.mark.parametrize("backend", ["sqlite"])  # the worker's heartbeat thread commits
+
+
+def corral(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_submit_status_jobs_and_results_against_a_real_server(
+    server: str, settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    archive = tmp_path / "colours.zip"
+    archive.write_bytes(make_zip(per_class=5))
+    code, out, _ = corral(capsys, "submit", str(archive), "--k", "3", "--method", "kmeans",
+                          "--name", "colours", "--server", server)
+    assert code == 0
+    job_id = out.strip()
+    assert execute_job(uuid.UUID(job_id), settings=settings, sessions=sessions) == "succeeded"
+
+    code, out, _ = corral(capsys, "status", job_id, "--server", server)
+    assert code == 0 and f"job {job_id} (colours): succeeded" in out
+    assert out.count("5 images, mean confidence") == 3 and "ACC 1.0000" in out
+
+    code, out, _ = corral(capsys, "jobs", "--server", server)
+    assert code == 0 and job_id in out and "succeeded" in out and "kmeans" in out
+
+    code, out, _ = corral(capsys, "results", job_id, "--format", "csv", "--server", server)
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and len(rows) == 15 and {r["cluster"] for r in rows} == {"0", "1", "2"}
+    target = tmp_path / "out.jsonl"
+    code, _, _ = corral(capsys, "results", job_id, "--format", "jsonl", "--out", str(target), "--server", server)
+    assert code == 0 and len([json.loads(line) for line in target.read_text().splitlines()]) == 15
+
+
+def test_server_errors_print_their_one_line_detail_and_exit_1(
+    server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "notes.zip"
+    archive.write_bytes(b"not an archive at all")
+    code, out, err = corral(capsys, "submit", str(archive), "--k", "3", "--server", server)
+    assert code == 1 and out == "" and err.startswith("corral: error: 415: ") and err.count("\n") == 1
+
+    code, _, err = corral(capsys, "status", str(uuid.uuid4()), "--server", server)
+    assert code == 1 and "404: no job with id" in err
+    code, _, err = corral(capsys, "results", str(uuid.uuid4()), "--server", server)
+    assert code == 1 and "404: no job with id" in err
+    code, _, err = corral(capsys, "jobs", "--server", "http://127.0.0.1:9")
+    assert code == 1 and "cannot reach http://127.0.0.1:9" in err
+
