@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Cookie, Depends, Header, Path, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ProblemError
@@ -43,11 +43,18 @@ def get_caller(
     session: SessionDep,
     settings: SettingsDep,
     authorization: Annotated[str | None, Header()] = None,
+    corral_key: Annotated[str | None, Cookie()] = None,
 ) -> Caller:
-    """Without any key (and keys not required) everyone is the same anonymous caller."""
+    """Without any key (and keys not required) everyone is the same anonymous caller.
+
+    The header wins; the `corral_key` cookie (HttpOnly, SameSite=Strict, set by /ui/key) lets
+    the pages and their same-origin fetches act with a key.
+    """
     if not settings.require_api_keys and not keys.any_keys(session):
         return Caller(key_id=None)
     scheme, _, token = (authorization or "").partition(" ")
+    if authorization is None and corral_key:
+        scheme, token = "bearer", corral_key
     found = keys.find_key(session, plain=token.strip()) if scheme.lower() == "bearer" else None
     if found is None:
         raise ProblemError(

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -73,7 +73,9 @@ def install(app: FastAPI) -> None:
     """Register the handlers that turn every exception into problem+json."""
 
     @app.exception_handler(ProblemError)
-    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+    async def _problem(request: Request, exc: ProblemError) -> Response:
+        if exc.status == 401 and request.url.path.startswith("/ui") and request.method == "GET":
+            return RedirectResponse("/ui/key", status_code=303)  # a page asks a person to sign in
         return problem_response(
             exc.status,
             exc.slug,

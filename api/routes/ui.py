@@ -6,18 +6,18 @@ goes through Jinja2 with autoescaping. No external assets: CSS and JS come from 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Form
+from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from api import pages
 from api.deps import CallerDep, JobDep, SessionDep, SettingsDep
 from api.schemas import job_out
 from core.config import METHOD_NAMES
-from store import blobs, jobs, results
+from store import blobs, jobs, keys, results
 from store.models import JobState
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -35,6 +35,27 @@ CSP = (
 def render(name: str, **context: Any) -> HTMLResponse:
     html = TEMPLATES.get_template(name).render(**context)
     return HTMLResponse(html, headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
+
+
+KEY_COOKIE = "corral_key"
+
+
+@router.get("/key", response_class=HTMLResponse)
+def key_page() -> HTMLResponse:
+    """Sign in with an API key; the pages then act with it through a cookie."""
+    return render("key.html", error=None)
+
+
+@router.post("/key", response_class=HTMLResponse, response_model=None)
+def key_submit(session: SessionDep, key: Annotated[str, Form()]) -> HTMLResponse | RedirectResponse:
+    if keys.find_key(session, plain=key.strip()) is None:
+        response = render("key.html", error="That key is not valid.")
+        response.status_code = 401
+        return response
+    redirect = RedirectResponse("/ui", status_code=303)
+    # HttpOnly: page scripts never read it; SameSite=Strict: no other site can post with it
+    redirect.set_cookie(KEY_COOKIE, key.strip(), httponly=True, samesite="strict", path="/")
+    return redirect
 
 
 @router.get("", response_class=HTMLResponse)

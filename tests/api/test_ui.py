@@ -64,3 +64,22 @@ def test_a_queued_job_page_shows_progress_and_no_gallery(client: TestClient, sub
     html = client.get(f"/ui/jobs/{job['id']}").text
     assert 'data-state="queued"' in html and 'id="bar"' in html and 'id="gallery"' not in html
     assert client.get("/ui/jobs/not-a-job").status_code == 404
+
+
+def test_pages_sign_in_with_a_key_through_a_strict_cookie(client: TestClient, sessions) -> None:  # type: ignore[no-untyped-def]
+    from store import keys
+
+    with sessions() as session:
+        _, key = keys.create_key(session, name="ui")
+        session.commit()
+    first = client.get("/ui", follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"] == "/ui/key"
+    assert client.get("/jobs").status_code == 401  # the JSON API still answers problem+json
+    wrong = client.post("/ui/key", data={"key": "crl_wrong"}, follow_redirects=False)
+    assert wrong.status_code == 401 and "not valid" in wrong.text
+    signed = client.post("/ui/key", data={"key": key}, follow_redirects=False)
+    assert signed.status_code == 303
+    cookie = signed.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert client.get("/ui").status_code == 200  # the client keeps the cookie
+    assert client.get("/jobs").status_code == 200  # and the pages' same-origin fetches use it
