@@ -9,12 +9,16 @@ from core.assign import hungarian
 from core.methods.kmeans import kmeans, lloyd
 
 
-def align_labels(new: np.ndarray, previous: np.ndarray, k: int) -> np.ndarray:
-    """Rename clusters of `new` so they overlap `previous` as much as possible (one-to-one)."""
+def relabelling(new: np.ndarray, previous: np.ndarray, k: int) -> np.ndarray:
+    """The permutation new id -> previous id that maximises the overlap of the two labellings."""
     overlap = np.zeros((k, k), dtype=np.int64)
     np.add.at(overlap, (new, previous), 1)
-    mapping = hungarian(len(new) - overlap)  # new id -> previous id
-    return mapping[new]
+    return hungarian(len(new) - overlap)
+
+
+def align_labels(new: np.ndarray, previous: np.ndarray, k: int) -> np.ndarray:
+    """Rename clusters of `new` so they overlap `previous` as much as possible (one-to-one)."""
+    return relabelling(new, previous, k)[new]
 
 
 def kmeans_centres(
@@ -34,17 +38,9 @@ def kmeans_centres(
     if init is not None:
         seeded = lloyd(embeddings.float(), init.float().clone(), iterations=100, tol=1e-6)
         fit = seeded if seeded.inertia < fit.inertia else fit
-    aligned = align_labels(fit.labels.cpu().numpy(), previous.cpu().numpy(), k)
-    order = np.argsort(_mapping(fit.labels.cpu().numpy(), aligned, k))
+    mapping = relabelling(fit.labels.cpu().numpy(), previous.cpu().numpy(), k)
+    order = np.argsort(mapping)  # order[c] = the k-means centre that becomes centre c
     return fit.centres[torch.from_numpy(order).to(fit.centres.device)]
-
-
-def _mapping(old: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
-    """old id -> new id for a relabelling given as two label arrays (unused ids keep a free id)."""
-    mapping = np.full(k, -1, dtype=np.int64)
-    mapping[old] = new
-    free = iter(sorted(set(range(k)) - set(mapping[mapping >= 0].tolist())))
-    return np.array([m if m >= 0 else next(free) for m in mapping])
 
 
 def kmeans_targets(

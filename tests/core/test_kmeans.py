@@ -38,3 +38,13 @@ def test_align_labels_keeps_previous_ids():
     previous = np.array([0, 0, 1, 1, 2, 2])
     renamed = np.array([2, 2, 0, 0, 1, 1])
     assert (align_labels(renamed, previous, 3) == previous).all()
+
+
+def test_kmeans_centres_are_ordered_like_the_previous_labels():
+    from core.refine import kmeans_centres
+
+    points, labels = blobs(2)
+    previous = torch.from_numpy((labels + 1) % 4)  # some other naming of the same four blobs
+    centres = kmeans_centres(points, previous, 4, generator=torch.Generator().manual_seed(0), restarts=2)
+    nearest = torch.cdist(points, centres).argmin(1)
+    assert torch.equal(nearest, previous)
