@@ -1,30 +1,37 @@
 """Training-step throughput against a bare forward+backward of the same network and batch size.
 
     python -m bench.throughput --channels 1 --size 32 --k 10 --batch-size 128 --out bench/results/throughput-vgg.json
+
+With CORRAL_TORCH_COMPILE set, the trainer's backbone is compiled (see core/runtime.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench.flops import bf16_peak, forward_flops
 from core.config import ClusterConfig
 from core.context import RunContext
 from core.methods.mmdc import Trainer
-from core.runtime import autocast, channels_last, pick_device
+from core.models.backbones import build_backbone
+from core.runtime import autocast, channels_last, configure_backend, pick_device
 
 
 def bare_step_rate(trainer: Trainer, batch: torch.Tensor, steps: int) -> float:
     """fwd+bwd+SGD step on already-prepared float inputs: no augmentation, no assignment."""
     x = channels_last(batch.float() / 255)
     target = trainer.targets[: batch.shape[0]]
-    for i in range(steps + 1):
-        if i == 1:
+    for i in range(steps + 3):
+        if i == 3:
+            _sync(trainer.ctx.device)
             started = time.perf_counter()
         with autocast(trainer.ctx.device, trainer.config.precision):
             loss = F.mse_loss(trainer.model(x).float(), target)
@@ -33,6 +40,14 @@ def bare_step_rate(trainer: Trainer, batch: torch.Tensor, steps: int) -> float:
         trainer.optimizer.step()
     _sync(trainer.ctx.device)
     return batch.shape[0] * steps / (time.perf_counter() - started)
+
+
+def timed(device: torch.device, run: Callable[[], object]) -> float:
+    _sync(device)
+    started = time.perf_counter()
+    run()
+    _sync(device)
+    return time.perf_counter() - started
 
 
 def _sync(device: torch.device) -> None:
@@ -54,18 +69,42 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device("auto")
+    configure_backend(device)
     images = torch.randint(0, 256, (args.images, args.channels, args.size, args.size), dtype=torch.uint8,
                            device=device)
     config = ClusterConfig(k=args.k, batch_size=args.batch_size, epochs=10, precision=args.precision)
     ctx = RunContext(device=device, generator=torch.Generator(device=device).manual_seed(0))
     trainer = Trainer(images, config, ctx)
-    bare = bare_step_rate(trainer, images[: args.batch_size], steps=10)
-    trainer.clustering_epoch(reassign=True)  # warm-up
-    _, full = trainer.clustering_epoch(reassign=True)
-    report = {"network": trainer.plan.backbone, "device": str(device), "batch_size": args.batch_size,
-              "input": [args.channels, args.size, args.size], "threads": torch.get_num_threads(),
-              "precision": args.precision,
-              "bare_train_images_per_s": bare, "mmdc_step_images_per_s": full, "ratio": bare / full}
+    started = time.perf_counter()
+    trainer.clustering_epoch(reassign=True)  # warm-up (and compile, when asked)
+    if trainer.plan.rotation:
+        trainer.rotation_epoch()
+    warmup = time.perf_counter() - started
+    bare = bare_step_rate(trainer, images[: args.batch_size], steps=max(10, args.images // args.batch_size))
+    full = args.images / timed(device, lambda: trainer.clustering_epoch(reassign=True))
+    fixed = args.images / timed(device, lambda: trainer.clustering_epoch(reassign=False))
+    report: dict[str, object] = {
+        "network": trainer.plan.backbone, "device": str(device), "batch_size": args.batch_size,
+        "input": [args.channels, args.size, args.size], "threads": torch.get_num_threads(),
+        "precision": args.precision, "compile": os.environ.get("CORRAL_TORCH_COMPILE", ""),
+        "warmup_seconds": warmup, "bare_train_images_per_s": bare, "mmdc_step_images_per_s": full,
+        "mmdc_step_without_hungarian_images_per_s": fixed, "ratio": bare / full,
+    }
+    forward = forward_flops(build_backbone(trainer.plan.backbone, args.channels, args.size, stem_pool="mmdc"),
+                            args.channels, args.size)
+    report["train_gflop_per_image"] = 3 * forward / 1e9
+    if trainer.plan.rotation:
+        rotation = 4 * args.images / timed(device, trainer.rotation_epoch)
+        report["rotation_step_images_per_s"] = rotation
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = bf16_peak(name)
+        report |= {"device_name": name, "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30}
+        if peak:
+            report["bare_fraction_of_bf16_peak"] = bare * 3 * forward / peak
+            report["step_fraction_of_bf16_peak"] = full * 4 * forward / peak  # train + Hungarian eval pass
+            if trainer.plan.rotation:
+                report["rotation_fraction_of_bf16_peak"] = report["rotation_step_images_per_s"] * 3 * forward / peak  # type: ignore[operator]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report))

@@ -49,7 +49,7 @@ def add_cluster_command(commands: argparse._SubParsersAction) -> None:  # type: 
     cmd.add_argument("--batch-size", type=int, default=None)
     cmd.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     cmd.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                     help="auto: bf16 on CUDA, fp32 on CPU")
+                     help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32")
     cmd.add_argument("--image-size", type=int, default=None, help="working size in px (default: auto)")
     cmd.add_argument("--out", type=Path, default=None, help="write path,cluster,confidence CSV here")
     cmd.add_argument("--checkpoint", type=Path, default=None, help="save/resume training state here")

@@ -56,6 +56,12 @@ class IMCParams:
     low_crop: float = 0.5625  # (CIFAR 18 of 32)
     n_high: int = 2
     n_low: int = 4
+    # RandomResizedCrop area fractions and flip; None = the reference's (0.2, 1) / (0.08, 0.4) and
+    # flips for colour images, (0.4, 1) / (0.2, 0.6) without flips for grey-scale ones (a digit's
+    # fragment or mirror image is another glyph; bench/RESULTS.md measures it)
+    high_scale: tuple[float, float] | None = None
+    low_scale: tuple[float, float] | None = None
+    flip: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class ClusterConfig:
     batch_size: int | None = None  # None = 128 for MMDC, 256 for IMC (capped at N)
     image_size: int | None = None  # working size; None = taken from the images
     backbone: Backbone = "auto"
-    # auto = bf16 autocast on CUDA, exact fp32 on CPU; bf16 on a CPU with avx512_bf16 is ~1.7x faster
+    # auto = bf16 autocast on CUDA and on CPUs with native bf16 (core.runtime.resolve_precision), else fp32
     precision: Precision = "auto"
     mmdc: MMDCParams = field(default_factory=MMDCParams)
     imc: IMCParams = field(default_factory=IMCParams)

@@ -44,3 +44,4 @@ class MethodOutput:
     # The trained read-out for new images: uint8 (N, C, S, S) -> (labels, confidences), the same
     # mapping that produced `labels` (see core/predict.py). None for methods that cannot predict.
     predictor: torch.nn.Module | None = None
+    precision: str = "fp32"  # what the predictor must run in to reproduce `labels`: bf16 or fp32

@@ -16,7 +16,7 @@ from core.methods import METHODS
 from core.metrics import evaluate
 from core.predict import Predictor
 from core.result import ClusterResult, ProgressCallback
-from core.runtime import pick_device
+from core.runtime import configure_backend, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def cluster(
     if config.image_size is not None and config.image_size != images.shape[-1]:
         images = _resize(images, config.image_size)
     device = pick_device(device)
+    configure_backend(device)
     torch.manual_seed(config.seed)  # network initialisation
     generator = torch.Generator(device=device).manual_seed(config.seed)  # every other draw
     ctx = RunContext(device=device, generator=generator, on_progress=on_progress,
@@ -70,7 +71,7 @@ def cluster(
         resumed_from_epoch=output.resumed_from_epoch,
         predictor=None if output.predictor is None else Predictor(
             output.predictor, image_size=images.shape[-1], channels=images.shape[1], k=config.k,
-            method=config.method),
+            method=config.method, precision=output.precision),
     )
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from core.data.images import decode_files
+from core.runtime import autocast
 
 if TYPE_CHECKING:
     from core.result import ClusterResult
@@ -37,6 +38,7 @@ class Predictor:
     channels: int  # C: 1 (grey) or 3 (RGB)
     k: int
     method: str
+    precision: str = "fp32"  # the autocast the run labelled its images in, so labels reproduce
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +51,8 @@ class Predictor:
         device = next(iter(self.readout.state_dict().values())).device
         labels, confidences = [], []
         for part in images.split(batch_size):
-            label, confidence = self.readout(part.to(device))
+            with autocast(device, self.precision):
+                label, confidence = self.readout(part.to(device))
             labels.append(label.cpu())
             confidences.append(confidence.float().cpu())
         return torch.cat(labels).numpy().astype(np.int64), torch.cat(confidences).numpy()
@@ -63,7 +66,8 @@ def save_model(source: ClusterResult | Predictor, path: str | Path) -> None:
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     torch.save({"format": FORMAT, "readout": predictor.readout, "image_size": predictor.image_size,
-                "channels": predictor.channels, "k": predictor.k, "method": predictor.method}, partial)
+                "channels": predictor.channels, "k": predictor.k, "method": predictor.method,
+                "precision": predictor.precision}, partial)
     partial.replace(path)
 
 
@@ -72,7 +76,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
     saved: dict[str, Any] = torch.load(path, map_location=device, weights_only=False)
     if saved.get("format") != FORMAT:
         raise ValueError(f"{path} is not a Corral model of format {FORMAT}")
-    return Predictor(saved["readout"], saved["image_size"], saved["channels"], saved["k"], saved["method"])
+    return Predictor(saved["readout"], saved["image_size"], saved["channels"], saved["k"], saved["method"],
+                     saved.get("precision", "fp32"))
 
 
 def predict_files(

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,16 +23,77 @@ def pick_device(requested: str | torch.device | None) -> torch.device:
     return device
 
 
+@functools.cache
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 autocast is then about
+    1.8x faster than fp32 for our convnets (bench/RESULTS.md); elsewhere it is emulated and slow."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: stay with fp32
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """"auto" -> bf16 on GPUs and CPUs that compute it natively, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and native_bf16_cpu() else "fp32"
+
+
 def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager[None]:
-    """bf16 mixed precision on CUDA, exact fp32 on CPU, unless `precision` says otherwise."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    """bf16 mixed precision where `resolve_precision` says so, else exact fp32."""
+    if resolve_precision(device, precision) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def configure_backend(device: torch.device) -> None:
+    """On CUDA, let cuDNN pick the fastest kernels for our fixed shapes and allow TF32 matmuls."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+class HostCopy:
+    """A device-to-host copy in flight: the GPU keeps working until `wait()` needs the values."""
+
+    def __init__(self, tensor: torch.Tensor):
+        if tensor.is_cuda:
+            self.host = tensor.to("cpu", non_blocking=True)  # lands in pinned memory
+            self.event: torch.cuda.Event | None = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host, self.event = tensor, None
+
+    def wait(self) -> torch.Tensor:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host
+
+
+def check_finite(total: torch.Tensor, what: str, epoch: int) -> None:
+    """One host sync per epoch instead of one per step: a NaN/inf anywhere poisons the sum."""
+    if not torch.isfinite(total).all():
+        raise FloatingPointError(f"{what} loss became non-finite during epoch {epoch}")
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     # channels-last is 1.3-1.6x faster for these convnets on CPU too (performance.md §2c)
     return model.to(device=device, memory_format=torch.channels_last)
+
+
+def compile_if_requested(module: nn.Module) -> nn.Module:
+    """Compile in place when CORRAL_TORCH_COMPILE names a torch.compile mode ("default",
+    "reduce-overhead", ...). Off by default: it pays only on GPUs, after a compile of tens of
+    seconds (bench/RESULTS.md); state_dict keys stay those of the eager module."""
+    mode = os.environ.get("CORRAL_TORCH_COMPILE", "").strip()
+    if mode:
+        module.compile(mode=None if mode == "default" else mode)
+    return module
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -135,16 +135,23 @@ def png_bytes(rgb: tuple[int, int, int], rng: np.random.Generator, size: int = 1
 def make_zip(
     per_class: int = 10, *, extra: dict[str, bytes] | None = None, seed: int = 0, size: int = 16
 ) -> bytes:
-    """Three clearly separable colour classes, one folder each."""
+    """Three clearly separable colour classes, one folder each.
+
+    Byte-identical for identical arguments: members carry a fixed timestamp, not the clock's, so
+    two calls a second apart still build the same archive (an idempotent retry must match)."""
     rng = np.random.default_rng(seed)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, rgb in COLOURS.items():
             for i in range(per_class):
-                archive.writestr(f"{name}/{i:03d}.png", png_bytes(rgb, rng, size))
+                archive.writestr(_member(f"{name}/{i:03d}.png"), png_bytes(rgb, rng, size))
         for member, data in (extra or {}).items():
-            archive.writestr(member, data)
+            archive.writestr(_member(member), data)
     return buffer.getvalue()
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    return zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
 
 
 @pytest.fixture

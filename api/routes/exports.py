@@ -11,7 +11,7 @@ from api import exports, thumbnails
 from api.deps import JobDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.routes.jobs import problems
-from api.routes.results import require_results
+from api.routes.results import require_artifact, require_results
 from store import blobs, results
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
@@ -24,15 +24,8 @@ router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 )
 def get_embeddings(job: JobDep, settings: SettingsDep) -> FileResponse:
     """float32 (N, d) NumPy array; row i is the i-th assignment in upload order."""
-    require_results(job)
-    path = blobs.embeddings_path(settings, job.id)
-    if not path.is_file():
-        raise ProblemError(
-            404,
-            "embeddings_not_found",
-            "No embeddings",
-            f"job {job.id} finished before embeddings were kept; run it again to get them",
-        )
+    path = require_artifact(job, blobs.embeddings_path(settings, job.id), "embeddings_not_found", "No embeddings",
+                            f"job {job.id} finished before embeddings were kept; run it again to get them")
     return FileResponse(
         path, media_type="application/octet-stream", filename=f"{job.id}-embeddings.npy"
     )

@@ -8,10 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, UploadFile
 
 from api.deps import JobDep, SettingsDep
-from api.errors import ProblemError
 from api.prediction import predict_uploads
 from api.routes.jobs import problems
-from api.routes.results import require_results
+from api.routes.results import require_artifact
 from api.schemas import PredictionOut, PredictOut
 from store import blobs
 
@@ -26,15 +25,8 @@ async def predict(
     images: Annotated[list[UploadFile], File(description="one or more image files")],
 ) -> PredictOut:
     """Assign new images to this job's clusters with its trained model."""
-    require_results(job)
-    model = blobs.model_path(settings, job.id)
-    if not model.is_file():
-        raise ProblemError(
-            404,
-            "model_not_found",
-            "No model",
-            f"job {job.id} finished before models were kept; run it again to predict",
-        )
+    model = require_artifact(job, blobs.model_path(settings, job.id), "model_not_found", "No model",
+                             f"job {job.id} finished before models were kept; run it again to predict")
     found = await predict_uploads(model, images, settings, request.app.state.predict_slots)
     return PredictOut(
         job_id=job.id,

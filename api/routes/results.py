@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -33,6 +34,14 @@ def require_results(job: Job) -> None:
             f"job {job.id} is {job.state}; results exist once it has succeeded",
             state=job.state,
         )
+
+
+def require_artifact(job: Job, path: Path, code: str, title: str, detail: str) -> Path:
+    """A file a succeeded job keeps (embeddings, model); 404 for jobs that finished before it was kept."""
+    require_results(job)
+    if not path.is_file():
+        raise ProblemError(404, code, title, detail)
+    return path
 
 
 @router.get("/clusters", response_model=ClustersOut, responses=problems(401, 404, 409))

@@ -26,7 +26,17 @@ from core.loop import run_epochs
 from core.models.backbones import build_backbone, choose_backbone
 from core.models.heads import SphereHead, linear_head
 from core.refine import kmeans_centres, kmeans_targets
-from core.runtime import autocast, channels_last, infer, prepare_model, sgd_param_groups
+from core.runtime import (
+    HostCopy,
+    autocast,
+    channels_last,
+    check_finite,
+    compile_if_requested,
+    infer,
+    prepare_model,
+    resolve_precision,
+    sgd_param_groups,
+)
 
 GREY_CROPS = (24 / 28, 20 / 28, 16 / 28)  # the reference MNIST crops, as fractions of the side
 COLOUR_CROPS = (20 / 32,)  # the reference CIFAR crop
@@ -97,11 +107,17 @@ def sample_targets(n: int, k: int, params: MMDCParams, g: torch.Generator) -> tu
     return F.normalize(targets, dim=1), means
 
 
-def reassign_batch(z: torch.Tensor, batch_targets: torch.Tensor) -> torch.Tensor:
-    """Permute a batch's own targets among its images to minimise Σ‖z_i − t_π(i)‖ (§1.5)."""
-    cost = torch.cdist(z.float(), batch_targets.float())  # (B, B) plain Euclidean distance
-    perm = hungarian(cost.cpu().numpy())
-    return batch_targets[torch.from_numpy(perm).to(batch_targets.device)]
+@dataclass
+class PendingAssignment:
+    """A batch's cost matrix on its way to the host, and the batch's targets to permute."""
+
+    cost: HostCopy
+    batch_targets: torch.Tensor  # (B, k)
+
+    def finish(self) -> torch.Tensor:
+        """The targets permuted among the batch's images to minimise Σ‖z_i − t_π(i)‖ (§1.5)."""
+        perm = hungarian(self.cost.wait().numpy())
+        return self.batch_targets[torch.from_numpy(perm).to(self.batch_targets.device)]
 
 
 def readout(z: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +139,8 @@ class MMDCReadout(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.net(channels_last(augment.centre_crops(images, self.size, self.crop))).float()  # (N, k)
-        return readout(z, self.centres)
+        with torch.autocast(z.device.type, enabled=False):  # the run's read-out is fp32, as here
+            return readout(z, self.centres)
 
 
 class Trainer:
@@ -136,6 +153,7 @@ class Trainer:
         self.size = size
         backbone = build_backbone(self.plan.backbone, channels, size, stem_pool="mmdc")
         self.model = prepare_model(MMDCNet(backbone, config.k, self.plan.rotation), ctx.device)
+        compile_if_requested(self.model.backbone)
         p = config.mmdc
         self.optimizer = torch.optim.SGD(sgd_param_groups(self.model, p.weight_decay), lr=p.lr, momentum=p.momentum)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
@@ -161,35 +179,53 @@ class Trainer:
     # -- epochs ------------------------------------------------------------------------------
     def rotation_epoch(self) -> float:
         """One pass of 4-way rotation prediction; the four rotations share one forward (§1.6)."""
-        total, steps = 0.0, 0
-        for step, index in enumerate(self.shuffled_batches()):
+        total = torch.zeros((), device=self.ctx.device)
+        batches = self.shuffled_batches()
+        for index in batches:
             rotated, labels = augment.rotations(self.images[index])  # (4B, C, S, S) uint8
             x = augment.random_crops(rotated, self.size, self.ctx.generator, crop_fractions=self.plan.crops)
             with autocast(self.ctx.device, self.config.precision):
                 loss = F.cross_entropy(self.model.rotation_logits(channels_last(x)).float(), labels)
-            self.step(loss, step)
-            total, steps = total + float(loss.detach()), steps + 1
-        return total / max(steps, 1)
+            self.step(loss)
+            total += loss.detach()
+        check_finite(total, "MMDC rotation", self.epoch + 1)
+        return float(total) / max(len(batches), 1)
 
     def clustering_epoch(self, reassign: bool) -> tuple[float, float]:
-        """Returns (mean loss, training images/s)."""
-        total, steps, seen, started = 0.0, 0, 0, time.perf_counter()
-        for step, index in enumerate(self.shuffled_batches()):
-            raw = self.images[index]
-            if reassign:
-                self.model.eval()  # the reference matches on eval-mode embeddings of the centre view
-                with torch.no_grad(), autocast(self.ctx.device, self.config.precision):
-                    z_view = self.model(channels_last(self.centre_view(raw)))
-                self.model.train()
-                self.targets[index] = reassign_batch(z_view, self.targets[index])
+        """Returns (mean loss, training images/s).
+
+        With `reassign`, batch t+1's Hungarian is solved on the host while the device trains on
+        batch t (design: the GPU never idles for the assignment). Its cost therefore comes from
+        the weights before step t, one SGD step older than the reference's, on CPU and GPU alike.
+        """
+        total, seen, started = torch.zeros((), device=self.ctx.device), 0, time.perf_counter()
+        batches = self.shuffled_batches()
+        pending = self.start_assignment(batches[0]) if reassign else None
+        for step, index in enumerate(batches):
+            if pending is not None:
+                self.targets[index] = pending.finish()
+                pending = self.start_assignment(batches[step + 1]) if step + 1 < len(batches) else None
             with autocast(self.ctx.device, self.config.precision):
-                z = self.model(channels_last(self.train_view(raw))).float()
+                z = self.model(channels_last(self.train_view(self.images[index]))).float()
                 loss = F.mse_loss(z, self.targets[index])  # = (2 - 2 z·t) / k per image (§1.4)
-            self.step(loss, step)
-            total, steps, seen = total + float(loss.detach()), steps + 1, seen + len(index)
+            self.step(loss)
+            total += loss.detach()
+            seen += len(index)
             if step % 50 == 0:
                 self.ctx.report("clustering", self.epoch, self.plan.epochs, loss=float(loss.detach()))
-        return total / max(steps, 1), seen / (time.perf_counter() - started)
+        check_finite(total, "MMDC clustering", self.epoch + 1)
+        return float(total) / max(len(batches), 1), seen / (time.perf_counter() - started)
+
+    def start_assignment(self, index: torch.Tensor) -> PendingAssignment:
+        """Embed the batch's centre view (eval mode, as the reference) and start copying the cost
+        matrix to the host; the solve happens in `finish()`."""
+        self.model.eval()
+        with torch.no_grad(), autocast(self.ctx.device, self.config.precision):
+            z_view = self.model(channels_last(self.centre_view(self.images[index])))
+        self.model.train()
+        batch_targets = self.targets[index]
+        cost = torch.cdist(z_view.float(), batch_targets.float())  # (B, B) plain Euclidean distance
+        return PendingAssignment(HostCopy(cost), batch_targets)
 
     def refine(self) -> None:
         """k-means on all embeddings -> fixed one-hot targets aligned with the previous ids (§1.8)."""
@@ -198,9 +234,7 @@ class Trainer:
         self.targets = kmeans_targets(embeddings, self.targets.argmax(1), self.config.k,
                                       generator=self.ctx.generator, restarts=self.config.mmdc.kmeans_restarts)
 
-    def step(self, loss: torch.Tensor, step: int) -> None:
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"MMDC loss became {float(loss)} at epoch {self.epoch + 1}, step {step}")
+    def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -266,4 +300,4 @@ def train_mmdc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> 
     labels, confidences = readout(embeddings, centres)
     predictor = MMDCReadout(trainer.model, centres, trainer.size, plan.crops[0])
     return MethodOutput(labels, confidences, embeddings, centres, trainer.history, resumed_from,
-                        trainer.train_seconds, predictor)
+                        trainer.train_seconds, predictor, resolve_precision(ctx.device, config.precision))

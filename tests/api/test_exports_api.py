@@ -1,5 +1,6 @@
 import io
 import json
+import uuid
 import zipfile
 
 import numpy as np
@@ -7,6 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
+from store import blobs
+from store.settings import Settings
 from tests.api.conftest import HOSTILE
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])  # the worker's heartbeat thread commits
@@ -47,6 +50,16 @@ def test_embeddings_npy_has_one_row_per_assignment_in_upload_order(
         means[path.split("/")[0]].append(row.reshape(3, 32, 32).mean((1, 2)))
     for name, rgb in (("red", (220, 30, 30)), ("green", (30, 200, 40)), ("blue", (30, 40, 220))):
         np.testing.assert_allclose(np.mean(means[name], axis=0) * 255, rgb, atol=4)
+
+
+def test_embeddings_of_a_job_that_kept_none_are_a_404_problem(
+    client: TestClient, succeeded_job: dict, settings: Settings  # type: ignore[type-arg]
+) -> None:
+    blobs.embeddings_path(settings, uuid.UUID(succeeded_job["id"])).unlink()
+    response = client.get(f"/jobs/{succeeded_job['id']}/embeddings.npy")
+    assert response.status_code == 404 and response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"].endswith("embeddings_not_found")
+    assert "run it again" in response.json()["detail"]
 
 
 def test_export_zip_has_a_folder_per_cluster_with_safe_names_and_the_original_bytes(

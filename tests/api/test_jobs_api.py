@@ -151,11 +151,12 @@ def test_idempotency_key_returns_the_first_job_and_refuses_a_different_request(
     submit: Submit, session: Session
 ) -> None:
     headers = {"Idempotency-Key": "abc-123"}
-    first = submit(params={"k": 3}, headers=headers)
-    again = submit(params={"k": 3}, headers=headers)
+    archive = make_zip()
+    first = submit(archive, params={"k": 3}, headers=headers)
+    again = submit(archive, params={"k": 3}, headers=headers)
     assert first.status_code == again.status_code == 202
     assert again.json()["id"] == first.json()["id"]
-    assert_problem(submit(params={"k": 4}, headers=headers), 422)
+    assert_problem(submit(archive, params={"k": 4}, headers=headers), 422)
     count = select(func.count()).select_from(Job).where(Job.idempotency_key == "abc-123")
     assert session.scalar(count) == 1
 

@@ -114,10 +114,12 @@ def test_classifier_gets_no_gradient_into_the_encoder(tiny_images, config):
     assert any(p.grad is not None for p in trainer.model.classifier.parameters())
 
 
-def test_non_finite_loss_raises_with_epoch_and_step(tiny_images, config):
+def test_non_finite_loss_raises_with_the_epoch(tiny_images, config):
     trainer = trainer_for(tiny_images, config)
-    with pytest.raises(FloatingPointError, match="epoch 1, step 4"):
-        trainer.step(torch.tensor(float("nan")), 4)
+    with torch.no_grad():
+        next(trainer.model.classifier.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="IMC loss became non-finite during epoch 1"):
+        trainer.train_epoch()
 
 
 def test_cluster_imc_returns_labels_confidences_and_embeddings(tiny_images, config):
@@ -185,3 +187,13 @@ def test_cli_clusters_a_folder_with_imc(tmp_path, capsys):
         Image.fromarray(array[0]).save(tmp_path / f"{i}.png")
     assert main(["cluster", str(tmp_path), "--k", "3", "--method", "imc", "--epochs", "2"]) == 0
     assert "epoch 2/2" in capsys.readouterr().err
+
+
+def test_grey_sets_get_whole_stroke_crops_without_flips_and_colour_sets_the_reference_augmentation():
+    grey = make_plan(ClusterConfig(k=10, method="imc"), n=1000, channels=1, size=32)
+    colour = make_plan(ClusterConfig(k=10, method="imc"), n=1000, channels=3, size=32)
+    assert (grey.high_scale, grey.low_scale, grey.flip) == ((0.4, 1.0), (0.2, 0.6), False)
+    assert (colour.high_scale, colour.low_scale, colour.flip) == ((0.2, 1.0), (0.08, 0.4), True)
+    chosen = ClusterConfig(k=10, method="imc", imc=IMCParams(high_scale=(0.5, 1.0), flip=True))
+    assert make_plan(chosen, n=1000, channels=1, size=32).high_scale == (0.5, 1.0)
+    assert make_plan(chosen, n=1000, channels=1, size=32).flip is True

@@ -6,8 +6,9 @@ import torch
 
 from core import ClusterConfig, cluster
 from core.config import MMDCParams
-from core.methods.mmdc import reassign_batch, sample_targets
+from core.methods.mmdc import PendingAssignment, sample_targets
 from core.metrics import accuracy
+from core.runtime import HostCopy
 
 FAST = {"method": "mmdc", "epochs": 10, "batch_size": 16}
 
@@ -27,7 +28,7 @@ def test_targets_lie_on_the_sphere_with_sigma():
 def test_batch_reassignment_only_permutes_the_batch_targets():
     z = torch.nn.functional.normalize(torch.randn(16, 4), dim=1)
     targets = torch.eye(4)[torch.arange(16) % 4]
-    new = reassign_batch(z, targets)
+    new = PendingAssignment(HostCopy(torch.cdist(z, targets)), targets).finish()
     assert sorted(map(tuple, new.tolist())) == sorted(map(tuple, targets.tolist()))
     cost = lambda t: torch.linalg.norm(z - t, dim=1).sum()  # noqa: E731
     assert cost(new) <= cost(targets) + 1e-6
@@ -115,3 +116,16 @@ def test_bad_images_raise_value_error():
 def test_image_size_override_resizes(images):
     result = cluster(images[0], ClusterConfig(k=3, method="kmeans", image_size=16))
     assert result.embeddings.shape == (90, 16 * 16)
+
+
+def test_non_finite_loss_stops_the_epoch_with_a_clear_error(images):
+    from core.context import RunContext
+    from core.methods.mmdc import Trainer
+
+    pixels, _ = images
+    ctx = RunContext(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    trainer = Trainer(pixels, ClusterConfig(k=3, **FAST), ctx)
+    with torch.no_grad():
+        next(trainer.model.cluster_head.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="MMDC clustering loss became non-finite during epoch 1"):
+        trainer.clustering_epoch(reassign=False)
