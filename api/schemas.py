@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.config import MAX_K
+from core.config import DEFAULT_METHOD, MAX_K
 
 
 class JobParams(BaseModel):
@@ -17,7 +17,9 @@ class JobParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     k: int = Field(ge=2, le=MAX_K, description="number of clusters")
-    method: Literal["mmdc", "imc", "kmeans"] = "mmdc"
+    method: Literal["imc", "mmdc", "kmeans"] = Field(
+        default=DEFAULT_METHOD, description="imc (IMC-SwAV, the default), mmdc or kmeans (pixels)"
+    )
     epochs: int | None = Field(default=None, ge=1, le=10_000, description="default: per method")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     image_size: int | None = Field(default=None, ge=16, le=256, description="working size, px")

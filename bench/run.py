@@ -22,6 +22,7 @@ from bench.datasets import load
 from bench.flops import bf16_peak, epoch_flops
 from core import ClusterConfig, cluster
 from core.result import Progress
+from core.runtime import pick_device
 
 
 def commit() -> str:
@@ -73,7 +74,7 @@ def gpu_figures(config: ClusterConfig, shape: torch.Size, history: list[dict[str
     return figures
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets"))
@@ -96,7 +97,7 @@ def main() -> None:
                              "next run continues, and the JSON holds the curve so far (partial: true)")
     parser.add_argument("--verbose", action="store_true", help="print every epoch, not only evaluations")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.budget_seconds and args.checkpoint is None:
         parser.error("--budget-seconds needs --checkpoint, which keeps the partial run")
     config = ClusterConfig(k=args.k, method=args.method, epochs=args.epochs, seed=args.seed,
@@ -112,8 +113,12 @@ def main() -> None:
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
 
+    first_epoch_end: list[int] = []  # this invocation's first finished epoch, for a partial run
+
     def log_progress(p: Progress) -> None:
         epoch_end = "seconds" in p.metrics  # reported after the epoch's checkpoint is written
+        if epoch_end and not first_epoch_end:
+            first_epoch_end.append(p.epoch)
         spent = time.perf_counter() - started
         if args.budget_seconds and epoch_end and p.epoch < p.epochs and spent > args.budget_seconds:
             raise BudgetSpent
@@ -130,7 +135,8 @@ def main() -> None:
     except BudgetSpent:
         assert args.checkpoint is not None  # parse-time check
         state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-        history, partial, device, resumed_from = state["history"], True, args.device, None
+        history, partial, device = state["history"], True, str(pick_device(args.device))
+        resumed_from = first_epoch_end[0] - 1
         scored = [h for h in history if "acc" in h]
         metrics = {key: scored[-1][key] for key in ("acc", "nmi", "ari")} if scored else {}
     wall = time.perf_counter() - started

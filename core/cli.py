@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from core.config import METHOD_NAMES, ClusterConfig
+from core.config import DEFAULT_METHOD, METHOD_NAMES, ClusterConfig
 from core.result import Progress
 
 
@@ -43,7 +43,7 @@ def add_cluster_command(commands: argparse._SubParsersAction) -> None:  # type: 
     cmd = commands.add_parser("cluster", help="cluster a folder or archive of images locally")
     cmd.add_argument("path", type=Path, help="folder, zip or tar(.gz) of images")
     cmd.add_argument("--k", type=int, required=True, help="number of clusters")
-    cmd.add_argument("--method", choices=METHOD_NAMES, default="mmdc")
+    cmd.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD)
     cmd.add_argument("--epochs", type=int, default=None)
     cmd.add_argument("--seed", type=int, default=0)
     cmd.add_argument("--batch-size", type=int, default=None)

@@ -45,6 +45,19 @@ DEFAULT_EPOCHS = 50
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """The reference's epoch shape, as fractions of the run (algorithms.md §1.10)."""
+
+    refine_start: float
+    lr_decay_at: float
+    lr_decay_gamma: float
+
+
+GREY_SCHEDULE = Schedule(refine_start=20 / 50, lr_decay_at=40 / 50, lr_decay_gamma=0.1)  # MNIST
+COLOUR_SCHEDULE = Schedule(refine_start=350 / 400, lr_decay_at=300 / 400, lr_decay_gamma=0.2)  # CIFAR-10
+
+
+@dataclass(frozen=True)
 class Plan:
     """MMDC settings resolved for one image set (the `None` defaults of MMDCParams filled in)."""
 
@@ -58,6 +71,7 @@ class Plan:
     rotate_degrees: float
     refine_epoch: int
     decay_epoch: int
+    decay_gamma: float
 
 
 def make_plan(config: ClusterConfig, n: int, channels: int, size: int) -> Plan:
@@ -66,6 +80,7 @@ def make_plan(config: ClusterConfig, n: int, channels: int, size: int) -> Plan:
     backbone = choose_backbone(config.backbone, channels, size)
     epochs = config.epochs or DEFAULT_EPOCHS
     default_crops = COLOUR_CROPS if colour else GREY_CROPS
+    schedule = COLOUR_SCHEDULE if colour else GREY_SCHEDULE
     return Plan(
         epochs=epochs,
         batch_size=min(config.batch_size or 128, n),
@@ -75,9 +90,14 @@ def make_plan(config: ClusterConfig, n: int, channels: int, size: int) -> Plan:
         flip=p.flip if p.flip is not None else colour,
         jitter=p.color_jitter if p.color_jitter is not None else colour,
         rotate_degrees=p.rotate_degrees if p.rotate_degrees is not None else (0.0 if colour else 25.0),
-        refine_epoch=round(p.refine_start * epochs),
-        decay_epoch=round(p.lr_decay_at * epochs),
+        refine_epoch=round(_given(p.refine_start, schedule.refine_start) * epochs),
+        decay_epoch=round(_given(p.lr_decay_at, schedule.lr_decay_at) * epochs),
+        decay_gamma=_given(p.lr_decay_gamma, schedule.lr_decay_gamma),
     )
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 class MMDCNet(nn.Module):
@@ -157,7 +177,7 @@ class Trainer:
         p = config.mmdc
         self.optimizer = torch.optim.SGD(sgd_param_groups(self.model, p.weight_decay), lr=p.lr, momentum=p.momentum)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=[self.plan.decay_epoch], gamma=p.lr_decay_gamma
+            self.optimizer, milestones=[self.plan.decay_epoch], gamma=self.plan.decay_gamma
         )
         self.targets, self.means = sample_targets(n, config.k, p, ctx.generator)
         self.epoch = 0

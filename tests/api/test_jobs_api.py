@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.config import DEFAULT_METHOD
 from store import blobs, jobs, keys
 from store.models import Image, Job, JobState
 from store.settings import Settings
@@ -45,6 +46,11 @@ def test_post_job_answers_202_with_location_and_records_images(
     assert len(list(blobs.images_dir(settings, uuid.UUID(body["id"])).iterdir())) == 30
     assert not blobs.upload_path(settings, uuid.UUID(body["id"])).exists()
     assert len(list((settings.broker_dir / "queue").iterdir())) == 1  # enqueued
+
+
+def test_a_job_without_a_method_records_the_default_one(submit: Submit) -> None:
+    body = submit(params={"k": 3}).json()
+    assert body["params"]["method"] == DEFAULT_METHOD == "imc"
 
 
 @pytest.mark.parametrize(

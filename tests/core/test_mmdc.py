@@ -6,7 +6,7 @@ import torch
 
 from core import ClusterConfig, cluster
 from core.config import MMDCParams
-from core.methods.mmdc import PendingAssignment, sample_targets
+from core.methods.mmdc import PendingAssignment, make_plan, sample_targets
 from core.metrics import accuracy
 from core.runtime import HostCopy
 
@@ -32,6 +32,16 @@ def test_batch_reassignment_only_permutes_the_batch_targets():
     assert sorted(map(tuple, new.tolist())) == sorted(map(tuple, targets.tolist()))
     cost = lambda t: torch.linalg.norm(z - t, dim=1).sum()  # noqa: E731
     assert cost(new) <= cost(targets) + 1e-6
+
+
+def test_the_epoch_schedule_follows_the_reference_of_the_image_type():
+    grey = make_plan(ClusterConfig(k=10, epochs=50), n=1000, channels=1, size=32)
+    colour = make_plan(ClusterConfig(k=10, epochs=400), n=1000, channels=3, size=32)
+    assert (grey.refine_epoch, grey.decay_epoch, grey.decay_gamma) == (20, 40, 0.1)  # MNIST
+    assert (colour.refine_epoch, colour.decay_epoch, colour.decay_gamma) == (350, 300, 0.2)  # CIFAR-10
+    given = MMDCParams(refine_start=0.5, lr_decay_at=0.9, lr_decay_gamma=0.3)
+    chosen = make_plan(ClusterConfig(k=10, epochs=40, mmdc=given), n=1000, channels=3, size=32)
+    assert (chosen.refine_epoch, chosen.decay_epoch, chosen.decay_gamma) == (20, 36, 0.3)
 
 
 def test_cluster_recovers_three_separable_classes(images):
