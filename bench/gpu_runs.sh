@@ -22,7 +22,7 @@ case "${1:-mnist}" in
       --budget-seconds 240 --checkpoint /tmp/ckpt/mnist-mmdc.pt --out /tmp/res/mnist-mmdc-h100.json
     timeout 90 python3 -m bench.throughput --channels 1 --size 32 --batch-size 128 --images 25600 --out /tmp/res/tp-vgg-h100.json
     timeout 120 python3 -m bench.throughput --channels 3 --size 32 --batch-size 128 --images 10240 --out /tmp/res/tp-r18-h100.json
-    run 150 --dataset mnist --data /tmp/data --method imc --epochs 30 --eval-every 2 --verbose --set imc.lr=0.002 \
+    run 150 --dataset mnist --data /tmp/data --method imc --epochs 30 --eval-every 2 --verbose \
       --budget-seconds 110 --checkpoint /tmp/ckpt/mnist-imc.pt --out /tmp/res/mnist-imc-h100.json ;;
   compile)  # issue 7: does torch.compile pay on the GPU?
     CORRAL_TORCH_COMPILE=default timeout 200 python3 -m bench.throughput --channels 3 --size 32 --batch-size 128 \

@@ -75,12 +75,19 @@ def test_plan_never_drops_every_batch():
 
 def test_learning_rate_warms_up_linearly_then_steps_down():
     params = IMCParams()
-    plan = make_plan(ClusterConfig(k=10, method="imc", epochs=50), n=60_000, channels=1, size=28)
+    plan = make_plan(ClusterConfig(k=10, method="imc", epochs=50), n=60_000, channels=3, size=28)
     assert learning_rate(params, plan, 0, 0) == pytest.approx(5e-4 / 500)
     assert learning_rate(params, plan, 249, 0) == pytest.approx(5e-4 / 2)
     assert learning_rate(params, plan, 10_000, 14) == pytest.approx(5e-4)
     assert learning_rate(params, plan, 10_000, 15) == pytest.approx(5e-4 * 0.4)
     assert learning_rate(params, plan, 10_000, 45) == pytest.approx(5e-4 * 0.4**3)
+
+
+def test_the_learning_rate_follows_the_image_type_unless_given():
+    grey = make_plan(ClusterConfig(k=10, method="imc"), n=1000, channels=1, size=32)
+    colour = make_plan(ClusterConfig(k=10, method="imc"), n=1000, channels=3, size=32)
+    given = make_plan(ClusterConfig(k=10, method="imc", imc=IMCParams(lr=1e-3)), n=1000, channels=1, size=32)
+    assert (grey.lr, colour.lr, given.lr) == (2e-3, 5e-4, 1e-3)
 
 
 def test_channel_stats_match_numpy(tiny_images):
