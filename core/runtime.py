@@ -111,8 +111,9 @@ def infer(
     images: torch.Tensor,
     view: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
+    *,
+    precision: str,  # the run's own: the saved predictor repeats it, so labels reproduce
     batch_size: int = 1024,
-    precision: str = "auto",
 ) -> torch.Tensor:
     """Apply `model(view(batch))` over all images in eval mode; float32 outputs (N, ...)."""
     modules = [m for m in getattr(model, "modules", lambda: [])() if isinstance(m, nn.Module)]

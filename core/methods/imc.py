@@ -279,7 +279,8 @@ class Trainer:
         images; embeddings are the encoder features the classifier reads."""
         self.refresh_batch_norm()
         self.model.eval()
-        embeddings = infer(self.model.encoder, self.images, self.full_view, self.ctx.device)  # (N, F)
+        embeddings = infer(self.model.encoder, self.images, self.full_view, self.ctx.device,
+                           precision=self.config.precision)  # (N, F)
         with torch.no_grad(), autocast(self.ctx.device, self.config.precision):
             logits = torch.cat([self.model.classifier(embeddings[part]).float()
                                 for part in batches(embeddings.shape[0], 1024)])

@@ -20,10 +20,12 @@ def write_pngs(folder: Path, images: np.ndarray, colour: bool = False) -> list[t
     return files
 
 
-@pytest.mark.parametrize("method", ["kmeans", "mmdc", "imc"])
-def test_predict_saved_model_reproduces_training_labels(method: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("method", "precision"), [("kmeans", "auto"), ("mmdc", "auto"), ("imc", "auto"),
+                                                   ("mmdc", "bf16"), ("imc", "bf16")])
+def test_predict_saved_model_reproduces_training_labels(method: str, precision: str, tmp_path: Path) -> None:
     images, _ = striped_images(per_class=8, size=16)
-    config = ClusterConfig(k=3, method=method, epochs=1, seed=0, batch_size=24, backbone="vgg")
+    config = ClusterConfig(k=3, method=method, epochs=1, seed=0, batch_size=24, backbone="vgg",
+                           precision=precision)  # type: ignore[arg-type]
     result = cluster(images, config, device="cpu")
     save_model(result, tmp_path / "model.pt")
     predictor = load_model(tmp_path / "model.pt")
