@@ -123,10 +123,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "worker"], start_new_session=True
     )
+    # uvicorn shuts down on SIGTERM and then raises it again; with the default action that kills
+    # this process before `finally` and orphans the worker. Exiting normally runs it.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         return cmd_api(args)
     finally:
         stop_process_group(worker)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:

@@ -7,6 +7,7 @@ process); the machine's shared Redis and Postgres are never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -315,3 +316,31 @@ def test_an_api_killed_mid_upload_leaves_no_rows_or_files_after_restart(
     assert list(spool.iterdir()) == []  # spooled bodies are unlinked files: nothing remains
     api.kill()
     shutil.rmtree(spool, ignore_errors=True)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_serve_stopped_by_sigterm_stops_its_worker_too(settings: Settings) -> None:
+    """`corral serve` runs its worker in a session of its own; SIGTERM must not orphan it."""
+    port = free_port()
+    serve = subprocess.Popen([sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
+                             env=worker_env(settings), cwd=ROOT, start_new_session=True)
+    children: list[str] = []
+    try:
+        wait_until(lambda: _answers_health(port), timeout_s=120, what="corral serve")
+        children = Path(f"/proc/{serve.pid}/task/{serve.pid}/children").read_text().split()
+        assert children, "serve started no worker"
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout_s=30,
+                   what="the worker to stop with serve")
+    finally:  # never leave a process behind, whatever failed above
+        for group in [serve.pid, *map(int, children)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+
+
+def _answers_health(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
