@@ -21,7 +21,9 @@ import torch
 from bench.datasets import load
 from bench.flops import bf16_peak, epoch_flops
 from core import ClusterConfig, cluster
-from core.result import Progress
+from core.metrics import evaluate
+from core.pipeline import resize
+from core.result import ClusterResult, Progress
 from core.runtime import pick_device
 
 
@@ -74,6 +76,18 @@ def gpu_figures(config: ClusterConfig, shape: torch.Size, history: list[dict[str
     return figures
 
 
+def score_holdout(result: ClusterResult, dataset: str, root: Path, split: str) -> dict[str, object]:
+    """Label a split the run never saw with its trained read-out, and score it."""
+    if result.predictor is None:
+        raise SystemExit(f"--holdout: method {result.config.method} has no trained model to label new images")
+    images, labels = load(dataset, root, split)
+    size = result.predictor.image_size
+    if images.shape[-1] != size:
+        images = resize(images, size)
+    predicted, _ = result.predictor(images)
+    return {"split": split, "images": int(images.shape[0]), **evaluate(labels, predicted)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", required=True)
@@ -85,6 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images")
+    parser.add_argument("--holdout", default=None, choices=("train", "test"),
+                        help="after a finished run, label this split with the trained model and score it "
+                             "(IMC-SwAV's CIFAR-10 figure: train on train, score on test)")
     parser.add_argument("--eval-every", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -100,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.budget_seconds and args.checkpoint is None:
         parser.error("--budget-seconds needs --checkpoint, which keeps the partial run")
+    if args.holdout is not None and args.holdout == args.split:
+        parser.error(f"--holdout {args.holdout} is the split trained on; name the other one")
     config = ClusterConfig(k=args.k, method=args.method, epochs=args.epochs, seed=args.seed,
                            batch_size=args.batch_size, precision=args.precision)
     try:
@@ -127,11 +146,14 @@ def main(argv: list[str] | None = None) -> None:
                   file=sys.stderr, flush=True)
 
     started = time.perf_counter()
+    holdout: dict[str, object] = {}
     try:
         result = cluster(images, config, labels=labels, device=args.device, on_progress=log_progress,
                          checkpoint=args.checkpoint, eval_every=args.eval_every)
         history, metrics, partial = result.history, result.metrics or {}, False
         device, resumed_from = result.device, result.resumed_from_epoch
+        if args.holdout is not None:
+            holdout = score_holdout(result, args.dataset, args.data, args.holdout)
     except BudgetSpent:
         assert args.checkpoint is not None  # parse-time check
         state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
@@ -146,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         "k": args.k, "epochs": len(history) or None, "seed": args.seed, "partial": partial, **metrics,
         "wall_seconds": wall, "train_seconds": history[-1]["seconds"] if history else 0.0,
         "train_images_per_s": float(np.median(train_rates)) if train_rates else None,
-        "device": device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "holdout": holdout or None, "device": device, "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "commit": commit(), "resumed_from_epoch": resumed_from,
         **gpu_figures(config, images.shape, history), "config": config.to_dict(), "history": history,
     }

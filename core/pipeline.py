@@ -44,7 +44,7 @@ def cluster(
     if labels is not None and len(labels) != images.shape[0]:
         raise ValueError(f"labels has {len(labels)} entries for {images.shape[0]} images; give one per image")
     if config.image_size is not None and config.image_size != images.shape[-1]:
-        images = _resize(images, config.image_size)
+        images = resize(images, config.image_size)
     device = pick_device(device)
     configure_backend(device)
     torch.manual_seed(config.seed)  # network initialisation
@@ -88,6 +88,7 @@ def _as_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return tensor
 
 
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, S, S) to (N, C, size, size), antialiased."""
     resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return resized.round().clamp(0, 255).to(torch.uint8)

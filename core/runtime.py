@@ -46,7 +46,8 @@ def resolve_precision(device: torch.device, precision: str = "auto") -> str:
 def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager[None]:
     """bf16 mixed precision where `resolve_precision` says so, else exact fp32."""
     if resolve_precision(device, precision) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        # no weight-cast cache: a cache filled while a CUDA graph is captured outlives the capture
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 

@@ -41,6 +41,7 @@ from core.assign import sinkhorn
 from core.config import ClusterConfig, IMCParams
 from core.context import MethodOutput, RunContext
 from core.data import augment
+from core.graphs import GraphedStep, graphs_enabled
 from core.loop import run_epochs
 from core.losses import logit_penalty, mutual_information_loss, swapped_prediction_loss
 from core.models.backbones import SmallVGG, choose_backbone, small_resnet18
@@ -179,9 +180,12 @@ class Trainer:
         self.model = prepare_model(net, ctx.device)
         compile_if_requested(self.model.encoder)
         p = config.imc
-        # Adam with coupled L2 on every parameter, as the reference (not AdamW)
+        # Adam with coupled L2 on every parameter, as the reference (not AdamW); capturable: its
+        # step counter lives on the device, so the step can replay as a CUDA graph
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.plan.lr, betas=p.betas,
-                                          weight_decay=p.weight_decay)
+                                          weight_decay=p.weight_decay, capturable=graphs_enabled(ctx.device))
+        self.graphed_step = GraphedStep(self._losses_and_step, ctx.device, optimizer=self.optimizer,
+                                        key=lambda: self.iteration < self.plan.freeze_iters)
         self.mean, self.std = channel_stats(images)
         self.epoch, self.iteration = 0, 0
         self.history: list[dict[str, float]] = []
@@ -189,14 +193,18 @@ class Trainer:
 
     # -- views -------------------------------------------------------------------------------
     def crops(self, raw: torch.Tensor, count: int, size: int, scale: tuple[float, float]) -> torch.Tensor:
-        """`count` augmented crops of each image, crop-major: (count·B, C, size, size)."""
+        """`count` augmented crops of each image, crop-major: (count·B, C, size, size). Every crop
+        draws its own parameters; one batched pass makes them all (fewer kernel launches)."""
         g = self.ctx.generator
-        views = []
-        for _ in range(count):
-            x = augment.random_resized_crops(raw, size, g, scale=scale, flip=self.plan.flip)
-            x = augment.random_grayscale(augment.color_jitter(x, g, JITTER), g, p=GREYSCALE_P)
-            views.append(augment.normalise(x, self.mean, self.std))
-        return torch.cat(views)
+        x = augment.random_resized_crops(raw.repeat(count, 1, 1, 1), size, g, scale=scale, flip=self.plan.flip)
+        x = augment.random_grayscale(augment.color_jitter(x, g, JITTER), g, p=GREYSCALE_P)
+        return channels_last(augment.normalise(x, self.mean, self.std))
+
+    def views(self, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The multi-crop views of a batch: the high-resolution crops, then the low ones (if any)."""
+        p, plan = self.config.imc, self.plan
+        groups = [(p.n_high, plan.high_size, plan.high_scale), (p.n_low, plan.low_size, plan.low_scale)]
+        return tuple(self.crops(raw, count, size, scale) for count, size, scale in groups if count > 0)
 
     def full_view(self, raw: torch.Tensor) -> torch.Tensor:
         return augment.normalise(augment.to_unit(raw), self.mean, self.std)
@@ -204,14 +212,16 @@ class Trainer:
     # -- training ----------------------------------------------------------------------------
     def losses(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
         """L_swav, L_MI and L_lgt for one batch of raw images (B, C, S, S)."""
-        net, p, batch = self.model, self.config.imc, raw.shape[0]
+        return self.losses_of(*self.views(raw))
+
+    def losses_of(self, *views: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The losses of one batch's views (see `views`); no random draws."""
+        net, p = self.model, self.config.imc
+        batch = views[0].shape[0] // p.n_high
         net.prototypes.renormalise()
         with autocast(self.ctx.device, self.config.precision):
             # one encoder pass per resolution, as SwAV's multi-crop (the reference: one per crop)
-            plan = self.plan
-            groups = [(p.n_high, plan.high_size, plan.high_scale), (p.n_low, plan.low_size, plan.low_scale)]
-            features = torch.cat([net.encoder(channels_last(self.crops(raw, count, size, scale)))
-                                  for count, size, scale in groups if count > 0])  # (V·B, F)
+            features = torch.cat([net.encoder(x) for x in views])  # (V·B, F)
             scores = net.scores(features).float().split(batch)  # V × (B, K')
             logits = [net.classifier(f.detach()).float() for f in features.split(batch)]  # V × (B, C)
         codes = [sinkhorn(scores[s].detach(), epsilon=p.epsilon, iterations=p.sinkhorn_iters)
@@ -229,10 +239,11 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         started, seen = time.perf_counter(), 0
         for step, index in enumerate(self.shuffled_batches()):
-            losses = self.losses(self.images[index])
-            self.step(losses["loss"])
+            self.set_learning_rate()
+            losses = self.graphed_step(*self.views(self.images[index]))
+            self.iteration += 1
             for name, value in losses.items():
-                totals[name] = totals[name] + value.detach() if name in totals else value.detach()
+                totals[name] = totals[name] + value if name in totals else value.clone()
             seen += len(index)
             if step % 50 == 0:
                 self.ctx.report("clustering", self.epoch, self.plan.epochs, loss=float(losses["loss"].detach()))
@@ -240,15 +251,20 @@ class Trainer:
         record = {name: float(total) / self.plan.steps_per_epoch for name, total in totals.items()}
         return record | {"images_per_s": seen / (time.perf_counter() - started)}
 
-    def step(self, loss: torch.Tensor) -> None:
+    def set_learning_rate(self) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config.imc, self.plan, self.iteration, self.epoch)
+
+    def _losses_and_step(self, *views: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimiser step on a batch's views; returns the detached losses. Tensors in and out,
+        so on CUDA it replays as a graph once the learning rate is steady (core/graphs.py)."""
+        losses = self.losses_of(*views)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses["loss"].backward()
         if self.iteration < self.plan.freeze_iters:
             self.model.prototypes.weight.grad = None  # Adam skips it: frozen, no decay either
         self.optimizer.step()
-        self.iteration += 1
+        return {name: value.detach() for name, value in losses.items()}
 
     def shuffled_batches(self) -> list[torch.Tensor]:
         order = torch.randperm(self.images.shape[0], generator=self.ctx.generator, device=self.ctx.device)

@@ -22,6 +22,7 @@ from core.assign import hungarian
 from core.config import ClusterConfig, MMDCParams
 from core.context import MethodOutput, RunContext
 from core.data import augment
+from core.graphs import GraphedStep
 from core.loop import run_epochs
 from core.models.backbones import build_backbone, choose_backbone
 from core.models.heads import SphereHead, linear_head
@@ -180,6 +181,10 @@ class Trainer:
             self.optimizer, milestones=[self.plan.decay_epoch], gamma=self.plan.decay_gamma
         )
         self.targets, self.means = sample_targets(n, config.k, p, ctx.generator)
+        # on CUDA each kind of step replays as one graph once steady (core/graphs.py)
+        self.regression_step = GraphedStep(self._regress, ctx.device, optimizer=self.optimizer)
+        self.rotation_step = GraphedStep(self._predict_rotations, ctx.device, optimizer=self.optimizer)
+        self.assignment_cost = GraphedStep(self._assignment_cost, ctx.device)
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0
@@ -204,10 +209,7 @@ class Trainer:
         for index in batches:
             rotated, labels = augment.rotations(self.images[index])  # (4B, C, S, S) uint8
             x = augment.random_crops(rotated, self.size, self.ctx.generator, crop_fractions=self.plan.crops)
-            with autocast(self.ctx.device, self.config.precision):
-                loss = F.cross_entropy(self.model.rotation_logits(channels_last(x)).float(), labels)
-            self.step(loss)
-            total += loss.detach()
+            total += self.rotation_step(channels_last(x), labels)
         check_finite(total, "MMDC rotation", self.epoch + 1)
         return float(total) / max(len(batches), 1)
 
@@ -225,27 +227,43 @@ class Trainer:
             if pending is not None:
                 self.targets[index] = pending.finish()
                 pending = self.start_assignment(batches[step + 1]) if step + 1 < len(batches) else None
-            with autocast(self.ctx.device, self.config.precision):
-                z = self.model(channels_last(self.train_view(self.images[index]))).float()
-                loss = F.mse_loss(z, self.targets[index])  # = (2 - 2 z·t) / k per image (§1.4)
-            self.step(loss)
-            total += loss.detach()
+            loss = self.regression_step(channels_last(self.train_view(self.images[index])), self.targets[index])
+            total += loss
             seen += len(index)
             if step % 50 == 0:
-                self.ctx.report("clustering", self.epoch, self.plan.epochs, loss=float(loss.detach()))
+                self.ctx.report("clustering", self.epoch, self.plan.epochs, loss=float(loss))
         check_finite(total, "MMDC clustering", self.epoch + 1)
         return float(total) / max(len(batches), 1), seen / (time.perf_counter() - started)
 
     def start_assignment(self, index: torch.Tensor) -> PendingAssignment:
         """Embed the batch's centre view (eval mode, as the reference) and start copying the cost
         matrix to the host; the solve happens in `finish()`."""
-        self.model.eval()
-        with torch.no_grad(), autocast(self.ctx.device, self.config.precision):
-            z_view = self.model(channels_last(self.centre_view(self.images[index])))
-        self.model.train()
         batch_targets = self.targets[index]
-        cost = torch.cdist(z_view.float(), batch_targets.float())  # (B, B) plain Euclidean distance
+        cost = self.assignment_cost(channels_last(self.centre_view(self.images[index])), batch_targets)
         return PendingAssignment(HostCopy(cost), batch_targets)
+
+    # -- steps: tensors in, tensors out, no random draws (each may replay as a CUDA graph) ------
+    def _regress(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with autocast(self.ctx.device, self.config.precision):
+            z = self.model(x).float()
+            loss = F.mse_loss(z, targets)  # = (2 - 2 z·t) / k per image (§1.4)
+        self.step(loss)
+        return loss.detach()
+
+    def _predict_rotations(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with autocast(self.ctx.device, self.config.precision):
+            loss = F.cross_entropy(self.model.rotation_logits(x).float(), labels)
+        self.step(loss)
+        return loss.detach()
+
+    @torch.no_grad()
+    def _assignment_cost(self, view: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, B) plain Euclidean distances from the eval-mode embeddings to the batch's targets."""
+        self.model.eval()
+        with autocast(self.ctx.device, self.config.precision):
+            z_view = self.model(view)
+        self.model.train()
+        return torch.cdist(z_view.float(), targets.float())
 
     def refine(self) -> None:
         """k-means on all embeddings -> fixed one-hot targets aligned with the previous ids (§1.8)."""

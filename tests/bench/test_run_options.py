@@ -51,3 +51,34 @@ def test_a_budgeted_run_stops_at_an_epoch_end_and_the_next_run_continues(tmp_pat
     last = json.loads(out.read_text())
     assert (last["partial"], last["epochs"], last["resumed_from_epoch"]) == (False, 3, 2)
     assert 0.0 <= last["acc"] <= 1.0
+
+
+def test_holdout_scores_a_split_the_run_never_saw(tmp_path):
+    """IMC-SwAV's CIFAR-10 figure: train on the train split, label the test split with the model."""
+    import json
+
+    import numpy as np
+
+    from bench.run import main
+
+    rng = np.random.default_rng(1)
+    colours = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220]], dtype=np.int16)
+    (tmp_path / "cifar-10").mkdir()
+    for name, n in (("train-00", 8), ("test", 5)):
+        labels = np.repeat(np.arange(3), n)
+        images = np.clip(colours[labels][:, None, None, :] + rng.integers(-20, 20, (3 * n, 32, 32, 3)), 0, 255)
+        np.savez(tmp_path / "cifar-10" / f"{name}.npz", images=images.astype(np.uint8), labels=labels)
+    out = tmp_path / "run.json"
+    main(["--dataset", "cifar10", "--data", str(tmp_path), "--split", "train", "--holdout", "test", "--k", "3",
+          "--method", "imc", "--epochs", "1", "--batch-size", "12", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert (report["images"], report["holdout"]["split"], report["holdout"]["images"]) == (24, "test", 15)
+    assert 0.0 <= report["holdout"]["acc"] <= 1.0 and set(report["holdout"]) >= {"nmi", "ari"}
+
+
+def test_holdout_must_be_the_other_split(tmp_path, capsys):
+    from bench.run import main
+
+    with pytest.raises(SystemExit):
+        main(["--dataset", "cifar10", "--split", "test", "--holdout", "test", "--out", str(tmp_path / "x.json")])
+    assert "the split trained on" in capsys.readouterr().err
