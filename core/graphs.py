@@ -20,6 +20,7 @@ Random draws must stay outside (the augmentations run eagerly and pass their out
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def graphs_enabled(device: torch.device) -> bool:
@@ -72,7 +75,14 @@ class GraphedStep:
         if captured is None:
             if self.streak <= self.warmup:
                 return self._on_side_stream(inputs)
-            captured = self._capture(inputs, signature)
+            try:
+                captured = self._capture(inputs, signature)
+            except RuntimeError as error:  # an op that cannot be captured: slower, still right
+                log.warning("CUDA graph capture failed, %s runs eagerly from now on: %s",
+                            getattr(self.fn, "__name__", "the step"), error)
+                self.enabled = False
+                self.graphs.clear()
+                return self.fn(*inputs)
         for static, x in zip(captured.inputs, inputs, strict=True):
             static.copy_(x)
         captured.graph.replay()

@@ -31,3 +31,22 @@ def test_on_the_cpu_a_graphed_step_is_a_plain_call_every_time():
     torch.testing.assert_close(torch.tensor(losses), torch.tensor([6.0, 4.8, 3.6, 2.4, 1.2, 0.0]),
                                rtol=0, atol=1e-5)
     assert graphed.captures == 0 and not graphed.graphs
+
+
+class _CaptureFails(GraphedStep):
+    """A step whose capture raises, as an op that cannot be recorded would; no GPU needed."""
+
+    def _on_side_stream(self, inputs):
+        return self.fn(*inputs)
+
+    def _capture(self, inputs, signature):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+def test_a_step_whose_capture_fails_runs_eagerly_from_then_on(caplog):
+    calls = []
+    step = _CaptureFails(lambda x: calls.append(x) or x * 2, torch.device("cpu"), warmup=2)
+    step.enabled = True  # as on a GPU
+    results = [float(step(torch.tensor(float(i)))) for i in range(5)]
+    assert results == [0.0, 2.0, 4.0, 6.0, 8.0] and len(calls) == 5  # no call lost or doubled
+    assert not step.enabled and "runs eagerly from now on" in caplog.text
