@@ -24,6 +24,7 @@ import torch
 
 from core.config import ClusterConfig
 from core.context import RunContext
+from core.graphs import GraphedStep
 from core.methods import imc, mmdc
 from core.runtime import configure_backend
 
@@ -69,7 +70,7 @@ def main() -> None:
     for method in ("mmdc", "imc"):
         trainers = [trainer_for(method, images, "fp32", graphs) for graphs in (False, True)]
         curves = [[epoch_of(t, reassign=False)() for _ in range(args.epochs)] for t in trainers]
-        captures = sum(s.captures for s in vars(trainers[1]).values() if hasattr(s, "captures"))
+        captures = sum(s.captures for s in vars(trainers[1]).values() if isinstance(s, GraphedStep))
         report[f"{method}_same_steps"] = {"max_relative_parameter_difference": difference(trainers[1].model,
                                                                                           trainers[0].model),
                                           "eager_losses": curves[0], "graphed_losses": curves[1],

@@ -78,8 +78,7 @@ def gpu_figures(config: ClusterConfig, shape: torch.Size, history: list[dict[str
 
 def score_holdout(result: ClusterResult, dataset: str, root: Path, split: str) -> dict[str, object]:
     """Label a split the run never saw with its trained read-out, and score it."""
-    if result.predictor is None:
-        raise SystemExit(f"--holdout: method {result.config.method} has no trained model to label new images")
+    assert result.predictor is not None  # every method hands back its trained read-out
     images, labels = load(dataset, root, split)
     size = result.predictor.image_size
     if images.shape[-1] != size:

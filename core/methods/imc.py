@@ -246,7 +246,7 @@ class Trainer:
                 totals[name] = totals[name] + value if name in totals else value.clone()
             seen += len(index)
             if step % 50 == 0:
-                self.ctx.report("clustering", self.epoch, self.plan.epochs, loss=float(losses["loss"].detach()))
+                self.ctx.report("clustering", self.epoch, self.plan.epochs, loss=float(losses["loss"]))
         check_finite(totals["loss"], "IMC", self.epoch + 1)
         record = {name: float(total) / self.plan.steps_per_epoch for name, total in totals.items()}
         return record | {"images_per_s": seen / (time.perf_counter() - started)}
