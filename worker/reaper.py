@@ -3,9 +3,12 @@ again the queued jobs whose run message the broker no longer holds."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import threading
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from celery import Celery
@@ -84,19 +87,43 @@ def resend_lost(
     return resent
 
 
+@functools.cache
+def fork_guard() -> threading.RLock:
+    """A lock each reaper pass holds, which every fork of this process takes first.
+
+    The reaper runs in the Celery parent, which forks a fresh child for every job. A fork copies
+    only the forking thread: a lock another thread holds at that moment stays held in the child
+    forever. SQLite's internal mutexes are such locks, so a child forked while a pass was opening
+    its connection hung in its own first connect (seen in CI: a job received, never claimed).
+    With the guard a fork waits for the pass to end (at most one pass) and never lands inside it.
+    Re-entrant, so that a pass which itself forked would not wait on its own lock.
+    """
+    lock = threading.RLock()
+    os.register_at_fork(before=lock.acquire, after_in_parent=lock.release, after_in_child=lock.release)
+    return lock
+
+
+ReaperPass = Callable[[sessionmaker[Session], Settings, Celery], object]
+
+
 def start_reaper(
-    sessions: sessionmaker[Session], settings: Settings, celery: Celery
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    celery: Celery,
+    passes: Sequence[ReaperPass] = (reap, resend_lost),
 ) -> threading.Event:
     """Reap now and then every `reaper_interval_s` in a daemon thread; set the event to stop."""
     stop = threading.Event()
+    guard = fork_guard()
 
     def loop() -> None:
         while True:
-            for one_pass in (reap, resend_lost):
+            for one_pass in passes:
                 try:
-                    one_pass(sessions, settings, celery)
+                    with guard:
+                        one_pass(sessions, settings, celery)
                 except Exception:  # the database or broker may be briefly down; try next round
-                    log.exception("reaper pass %s failed", one_pass.__name__)
+                    log.exception("reaper pass %s failed", getattr(one_pass, "__name__", one_pass))
             if stop.wait(settings.reaper_interval_s):
                 return
 
