@@ -35,8 +35,18 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the test item, so a fixture's teardown can see a failure."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], subprocess.Popen[bytes]]]:
+def start_worker(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[Settings], subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(settings: Settings) -> subprocess.Popen[bytes]:
@@ -57,6 +67,11 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], subprocess.Pop
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:  # the workers' own account goes into the report
+        for log in sorted(tmp_path.glob("worker-*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-60:]
+            print(f"--- {log.name}, last 60 lines ---", *tail, sep="\n")
 
 
 @pytest.fixture
