@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +49,21 @@ def timed(device: torch.device, run: Callable[[], object]) -> float:
     run()
     _sync(device)
     return time.perf_counter() - started
+
+
+def host_syncs(device: torch.device, run: Callable[[], object]) -> int | None:
+    """How often `run` made the host wait for the GPU, as torch's sync debug mode counts it. Waits
+    on an event (the Hungarian's cost copy) are not counted, nor are they meant to be."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def _sync(device: torch.device) -> None:
@@ -96,6 +112,10 @@ def main() -> None:
     if trainer.plan.rotation:
         rotation = 4 * args.images / timed(device, trainer.rotation_epoch)
         report["rotation_step_images_per_s"] = rotation
+    # per epoch: a few by design (the loss read for progress, the finite check); none per step
+    rotation_syncs = host_syncs(device, trainer.rotation_epoch) if trainer.plan.rotation else None
+    report |= {"steps_per_epoch": len(trainer.shuffled_batches()), "host_syncs_per_rotation_epoch": rotation_syncs,
+               "host_syncs_per_clustering_epoch": host_syncs(device, lambda: trainer.clustering_epoch(reassign=True))}
     if device.type == "cuda":
         name = torch.cuda.get_device_name()
         peak = bf16_peak(name)

@@ -33,11 +33,14 @@ class MMDCParams:
     lr_decay_at: float | None = None
     lr_decay_gamma: float | None = None
     rotation: bool | None = None  # None = on for the ResNet backbone, off for the small VGG
-    crop_fractions: tuple[float, ...] = (0.75, 0.625, 0.5)  # of the working size (MNIST 24/20/16 of 32)
+    # Training crop sides as fractions of the image's; the first is also the centre view (the
+    # Hungarian's, the read-out's). None = the reference's for the image type: 24/20/16 of 28 for
+    # grey-scale sets (MNIST), one crop of 20/32 for colour ones (CIFAR-10), see core/methods/mmdc.py
+    crop_fractions: tuple[float, ...] | None = None
     flip: bool | None = None  # None = on for colour images
     color_jitter: bool | None = None  # None = on for colour images
     rotate_degrees: float | None = None  # None = 25 for grey-scale images, 0 for colour
-    kmeans_restarts: int = 3
+    kmeans_restarts: int = 10  # as sklearn k_means, which the reference calls (n_init=10)
 
 
 @dataclass(frozen=True)

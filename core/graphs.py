@@ -102,8 +102,8 @@ class GraphedStep:
         static = tuple(x.clone() for x in inputs)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            outputs = self.fn(*static)  # fn sets the gradients to None first, so its backward
-            # allocates them from the graph's memory
+            outputs = self.fn(*static)  # gradients fn sets to None first are allocated from the
+            # graph's memory by its backward; ones it zeroes in place keep their own
         params = [p for g in self.optimizer.param_groups for p in g["params"]] if self.optimizer else []
         captured = _Captured(graph, static, outputs, [p.grad for p in params if p.grad is not None])
         self.graphs[signature] = captured

@@ -7,6 +7,7 @@ import torch
 
 from core.assign import hungarian
 from core.methods.kmeans import kmeans, lloyd
+from core.runtime import upload
 
 
 def relabelling(new: np.ndarray, previous: np.ndarray, k: int) -> np.ndarray:
@@ -40,7 +41,7 @@ def kmeans_centres(
         fit = seeded if seeded.inertia < fit.inertia else fit
     mapping = relabelling(fit.labels.cpu().numpy(), previous.cpu().numpy(), k)
     order = np.argsort(mapping)  # order[c] = the k-means centre that becomes centre c
-    return fit.centres[torch.from_numpy(order).to(fit.centres.device)]
+    return fit.centres[upload(order, fit.centres.device)]
 
 
 def kmeans_targets(
@@ -49,5 +50,5 @@ def kmeans_targets(
     """One-hot (N, k) targets from k-means on the embeddings, ids aligned with `previous`."""
     fit = kmeans(embeddings, k, generator=generator, restarts=restarts)
     aligned = align_labels(fit.labels.cpu().numpy(), previous.cpu().numpy(), k)
-    labels = torch.from_numpy(aligned).to(embeddings.device)
+    labels = upload(aligned, embeddings.device)
     return torch.nn.functional.one_hot(labels, k).float()

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -74,6 +75,16 @@ class HostCopy:
         if self.event is not None:
             self.event.synchronize()
         return self.host
+
+
+def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array onto the device without a stall: on CUDA through pinned memory and an
+    asynchronous copy. A copy from ordinary (pageable) memory would first wait for every queued
+    kernel, so the host could not run ahead of the GPU."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def check_finite(total: torch.Tensor, what: str, epoch: int) -> None:

@@ -7,6 +7,7 @@ Every random draw comes from the caller's generator, so a run is reproducible fr
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -15,6 +16,15 @@ import torch.nn.functional as F
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale
 LUMA = (0.299, 0.587, 0.114)
+TO_YIQ = (LUMA, (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+@functools.cache
+def yiq_inverse() -> tuple[tuple[float, ...], ...]:
+    """The inverse of TO_YIQ, computed once on first use: no torch work at import time (a worker
+    process imports this module and must not start thread pools it might later fork)."""
+    inverse = torch.linalg.inv(torch.tensor(TO_YIQ, dtype=torch.float64))
+    return tuple(tuple(row) for row in inverse.tolist())
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,16 @@ class Jitter:
     saturation: float = 0.4
     hue: float = 0.125
     p: float = 1.0  # probability that an image is jittered at all
+
+
+@functools.lru_cache(maxsize=32)
+def constant(values: tuple[float, ...] | tuple[tuple[float, ...], ...], device: torch.device,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small constant table on `device`, made once per device and dtype. Made on every call it
+    would be a copy from host memory, which on CUDA waits for the GPU to drain its queue: the
+    host could no longer run ahead of the GPU (issue 7: no host sync per step)."""
+    with torch.inference_mode(False):  # a cached inference tensor would refuse later autograd use
+        return torch.tensor(values, device=device, dtype=dtype)
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -79,7 +99,7 @@ def random_crops(
     random position, resized to out_size; optional horizontal flip and rotation in ±max_degrees."""
     batch, device = images.shape[0], images.device
     choice = torch.randint(len(crop_fractions), (batch,), generator=g, device=device)
-    fraction = torch.tensor(crop_fractions, device=device)[choice]
+    fraction = constant(tuple(crop_fractions), device)[choice]
     centre_x = (torch.rand(batch, generator=g, device=device) * 2 - 1) * (1 - fraction)
     centre_y = (torch.rand(batch, generator=g, device=device) * 2 - 1) * (1 - fraction)
     flips = torch.rand(batch, generator=g, device=device) < 0.5 if flip else None
@@ -153,9 +173,7 @@ def color_jitter(x: torch.Tensor, g: torch.Generator, jitter: Jitter = Jitter())
 
 
 def _hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                          device=x.device, dtype=x.dtype)
-    from_yiq = torch.linalg.inv(to_yiq)
+    to_yiq, from_yiq = constant(TO_YIQ, x.device, x.dtype), constant(yiq_inverse(), x.device, x.dtype)
     cos, sin = torch.cos(angle), torch.sin(angle)
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
     rotation = torch.stack([torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1),

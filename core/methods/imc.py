@@ -125,7 +125,7 @@ def build_encoder(name: str, channels: int, size: int) -> tuple[nn.Module, int]:
         width = [m for m in trunk if isinstance(m, nn.Conv2d)][-1].out_channels  # 256
         return PooledEncoder(trunk, width), width
     if name == "resnet18":
-        return small_resnet18(channels, stem_pool="none"), 512  # CIFAR stem, no max-pool (§2.2)
+        return small_resnet18(channels, stem_pool="none", conv_init="fan_out"), 512  # CIFAR stem, no max-pool (§2.2)
     raise ValueError(f"backbone={name!r} is unknown; use auto, resnet18 or vgg")
 
 

@@ -204,3 +204,11 @@ def test_grey_sets_get_whole_stroke_crops_without_flips_and_colour_sets_the_refe
     chosen = ClusterConfig(k=10, method="imc", imc=IMCParams(high_scale=(0.5, 1.0), flip=True))
     assert make_plan(chosen, n=1000, channels=1, size=32).high_scale == (0.5, 1.0)
     assert make_plan(chosen, n=1000, channels=1, size=32).flip is True
+
+
+def test_the_resnet_encoder_starts_from_the_reference_fan_out_init():
+    from core.methods.imc import build_encoder
+
+    encoder, _ = build_encoder("resnet18", 3, 32)
+    stem = encoder.conv1.weight  # (64, 3, 3, 3): fan_out = 64 * 9
+    assert abs(float(stem.detach().std()) - (2 / (64 * 9)) ** 0.5) < 0.01

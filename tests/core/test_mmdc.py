@@ -44,6 +44,15 @@ def test_the_epoch_schedule_follows_the_reference_of_the_image_type():
     assert (chosen.refine_epoch, chosen.decay_epoch, chosen.decay_gamma) == (20, 36, 0.3)
 
 
+def test_the_crops_follow_the_reference_of_the_image_type():
+    grey = make_plan(ClusterConfig(k=10), n=1000, channels=1, size=32)
+    colour = make_plan(ClusterConfig(k=10), n=1000, channels=3, size=32)
+    assert [round(f * 28) for f in grey.crops] == [24, 20, 16]  # MNIST: of the 28-px original
+    assert [round(f * 32) for f in colour.crops] == [20]  # CIFAR-10: one 20-px crop, also the centre view
+    chosen = make_plan(ClusterConfig(k=10, mmdc=MMDCParams(crop_fractions=(0.5,))), n=1000, channels=3, size=32)
+    assert chosen.crops == (0.5,)
+
+
 def test_cluster_recovers_three_separable_classes(images):
     pixels, labels = images
     result = cluster(pixels, ClusterConfig(k=3, **FAST), labels=labels)
@@ -53,6 +62,10 @@ def test_cluster_recovers_three_separable_classes(images):
     assert result.embeddings.shape == (90, 3) and result.centres.shape == (3, 3)
     assert ((result.confidences > 1 / 3 - 1e-6) & (result.confidences <= 1 + 1e-6)).all()
     assert len(result.history) == 10
+    refined = [h for h in result.history if "refine_kept" in h]  # epochs 5-10 (refinement from 40 %)
+    assert [h["epoch"] for h in refined] == [5, 6, 7, 8, 9, 10]
+    assert all(0 < h["refine_smallest_share"] <= 1 / 3 for h in refined)
+    assert refined[-1]["refine_kept"] >= 0.9  # converged: the k-means targets hardly move
 
 
 @pytest.mark.slow
@@ -139,3 +152,20 @@ def test_non_finite_loss_stops_the_epoch_with_a_clear_error(images):
         next(trainer.model.cluster_head.parameters()).fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="MMDC clustering loss became non-finite during epoch 1"):
         trainer.clustering_epoch(reassign=False)
+
+
+def test_the_idle_head_still_takes_its_weight_decay_as_in_the_reference(colour_images):
+    """The reference zero-fills gradients (torch 1.x zero_grad), so during a rotation epoch the
+    clustering head, which gets no gradient, still shrinks by weight decay (and its momentum)."""
+    from core.context import RunContext
+    from core.methods.mmdc import Trainer
+
+    ctx = RunContext(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    trainer = Trainer(colour_images[0], ClusterConfig(k=3, backbone="resnet18", **FAST), ctx)
+    head = trainer.model.cluster_head.linear
+    weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
+    trainer.rotation_epoch()
+    ratio = head.weight.detach() / weight
+    assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-4)  # only scaled
+    assert 0.99 < float(ratio.flatten()[0]) < 1.0
+    assert torch.equal(head.bias.detach(), bias)  # no decay on biases
