@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     database_url: str = ""
     # `filesystem://` = kombu's filesystem transport under `<data_dir>/broker` (embedded default).
     broker_url: str = "filesystem://"
+    # How long opening a Postgres connection may take (libpq's connect_timeout; its minimum is 2)
+    # unless the URL sets its own. A worker forks no job child while its reaper is in a pass, so
+    # an unreachable server must fail a pass in seconds, not after the system's TCP timeout.
+    database_connect_timeout_s: Annotated[int, Field(ge=2)] = 10
     queue_name: str = "corral"
 
     # Upload intake (see api/intake.py).

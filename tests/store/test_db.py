@@ -1,0 +1,40 @@
+"""Engines give up on a database server that does not answer, instead of hanging."""
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from store.db import make_engine
+from store.settings import Settings
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port whose connections the kernel completes but nobody ever answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # never accepted: a connect succeeds, the server's greeting never comes
+        yield int(listener.getsockname()[1])
+
+
+@pytest.mark.timeout(60)  # without a connect timeout libpq would wait here for good
+@pytest.mark.parametrize(
+    ("query", "setting"),
+    [("", 2), ("?connect_timeout=2", 3600)],  # the setting, or the URL's own value
+    ids=["setting", "url"],
+)
+def test_a_connect_to_a_server_that_never_answers_fails(
+    silent_server: int, tmp_path: Path, query: str, setting: int
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=f"postgresql+psycopg://postgres@127.0.0.1:{silent_server}/test{query}",
+        database_connect_timeout_s=setting,
+    )
+    engine = make_engine(settings, pooled=False)
+    with pytest.raises(OperationalError, match="timeout"), engine.connect() as connection:
+        connection.execute(text("select 1"))
