@@ -5,6 +5,7 @@ A screenshot of the finished job page is kept in tests/artifacts/ (git-ignored).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import time
@@ -68,6 +69,7 @@ def test_upload_progress_and_gallery_in_a_real_browser(
     settings: Settings, start_worker: Callable[[Settings], Popen[bytes]], server: str,
     browser, tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -97,7 +99,9 @@ def test_upload_progress_and_gallery_in_a_real_browser(
     seen = set()
     deadline = time.monotonic() + 240
     while browser.execute_script("return window.corralMarker === 1"):
-        seen.add((browser.find_element(By.ID, "state").text, browser.find_element(By.ID, "epoch").text))
+        # the finished job's reload may begin after the marker check: the loop ends next round
+        with contextlib.suppress(NoSuchElementException, StaleElementReferenceException):
+            seen.add((browser.find_element(By.ID, "state").text, browser.find_element(By.ID, "epoch").text))
         assert time.monotonic() < deadline, f"no result; the page showed {sorted(seen)}"
         time.sleep(0.2)
     running = [epoch for state, epoch in seen if state == "running" and not epoch.startswith("0 ")]
