@@ -30,5 +30,5 @@ test: .venv browser
 	$(BIN)/lint-imports
 
 lint: .venv
-	$(BIN)/ruff check store api worker client tests
+	$(BIN)/ruff check store api worker client commands tests
 	$(BIN)/mypy

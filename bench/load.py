@@ -31,8 +31,9 @@ from PIL import Image
 
 import migrations
 from bench.service import drop_database, fresh_database, rss_mb, start_api
+from commands.ports import free_port
+from commands.serve import stop_process_group
 from store.settings import Settings
-from worker.cli import free_port, stop_process_group
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -151,7 +152,7 @@ def main() -> None:
                    "CORRAL_MAX_ACTIVE_JOBS_PER_KEY": "1000"}
             port = free_port()
             api = start_api(env, port)
-            worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env,
+            worker = subprocess.Popen([sys.executable, "-m", "commands", "worker"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             peak, done = [rss_mb(api.pid)], threading.Event()
 

@@ -31,11 +31,12 @@ import psycopg
 from PIL import Image as PILImage
 
 import migrations
+from commands.ports import free_port
+from commands.serve import stop_process_group
 from store import jobs, results
 from store.db import make_engine, make_sessionmaker, transaction
 from store.models import JobState
 from store.settings import Settings
-from worker.cli import free_port, stop_process_group
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -111,7 +112,7 @@ def rss_mb(pid: int) -> float:
 
 def start_api(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "api", "--port", str(port)],
+        [sys.executable, "-m", "commands", "api", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     deadline = time.monotonic() + 60
@@ -175,7 +176,7 @@ def measure_demo(tmp: Path) -> dict[str, float]:
     env = {**os.environ, "CORRAL_DATA_DIR": str(tmp / "demo"), "CORRAL_DATABASE_URL": "",
            "CORRAL_BROKER_URL": "filesystem://"}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "worker.cli", "demo"], env=env, timeout=900)
+    done = subprocess.run([sys.executable, "-m", "commands", "demo"], env=env, timeout=900)
     return {"seconds": time.perf_counter() - started, "exit_code": done.returncode}
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery
 from kombu import Connection
+from kombu.utils.url import maybe_sanitize_url
 
 from store.settings import Settings
 
@@ -62,15 +63,26 @@ def enqueue_job(celery: Celery, settings: Settings, job_id: uuid.UUID) -> None:
 
 
 def broker_reachable(settings: Settings, *, timeout_s: float = 2.0) -> bool:
+    return broker_error(settings, timeout_s=timeout_s) is None
+
+
+def broker_error(settings: Settings, *, timeout_s: float = 2.0) -> str | None:
+    """None when the broker answers, else the reason it did not (one line)."""
     options = celery_config(settings)["broker_transport_options"]
     try:
         with Connection(
             settings.broker_url, transport_options=options, connect_timeout=timeout_s
         ) as connection:
             connection.ensure_connection(max_retries=0, timeout=timeout_s)
-        return True
-    except Exception:  # any failure to connect means "not ready"
-        return False
+        return None
+    except Exception as error:  # any failure to connect means "not ready"
+        return " ".join(str(error).split()) or type(error).__name__
+
+
+def shown_broker_url(settings: Settings) -> str:
+    """The broker URL with any password masked, for messages and logs."""
+    url = settings.broker_url
+    return str(maybe_sanitize_url(url)) if "@" in url else url
 
 
 def pending_job_ids(settings: Settings) -> set[uuid.UUID] | None:

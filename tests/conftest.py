@@ -28,9 +28,9 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
+from commands.ports import free_port
 from store.db import make_engine, make_sessionmaker
 from store.settings import Settings
-from worker.cli import free_port
 
 PG_ADMIN = os.environ.get("CORRAL_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CORRAL_TEST_REDIS", "redis://127.0.0.1:6379")

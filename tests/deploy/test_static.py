@@ -274,7 +274,7 @@ def test_dockerignore_keeps_context_small():
     }
     for must in (".venv", "**/.git", "**/__pycache__", "tests", "bench"):
         assert must in patterns, must
-    for keep in ("pyproject.toml", "core", "api", "worker", "store", "migrations", "README.md"):
+    for keep in ("pyproject.toml", "core", "api", "worker", "store", "commands", "migrations", "README.md"):
         assert keep not in patterns, keep
 
 

@@ -1,4 +1,4 @@
-"""Real Celery worker processes (`python -m worker.cli worker`, what `corral worker` runs)."""
+"""Real Celery worker processes (`python -m commands worker`, what `corral worker` runs)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def start_worker(
     def start(settings: Settings) -> subprocess.Popen[bytes]:
         log = (tmp_path / f"worker-{len(started)}.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker"],
+            [sys.executable, "-m", "commands", "worker"],
             cwd=ROOT,
             env=worker_env(settings),
             stdout=log,

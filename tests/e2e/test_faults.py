@@ -27,13 +27,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.main import create_app
+from commands.ports import free_port
 from store import blobs, queue
 from store.models import Image, Job, JobState
 from store.settings import Settings
 from tests.conftest import make_zip
 from tests.e2e.conftest import FAST, ROOT, wait_for, worker_env
 from tests.e2e.tcp_proxy import TcpProxy
-from worker.cli import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -231,7 +231,7 @@ class ApiProcess:
     def start(self) -> None:
         env = {**worker_env(self.settings), "TMPDIR": str(self.tmp)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "api", "--port", str(self.port)],
+            [sys.executable, "-m", "commands", "api", "--port", str(self.port)],
             cwd=ROOT, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
         )
         wait_until(self._healthy, what="the API")
@@ -322,7 +322,7 @@ def test_an_api_killed_mid_upload_leaves_no_rows_or_files_after_restart(
 def test_serve_stopped_by_sigterm_stops_its_worker_too(settings: Settings) -> None:
     """`corral serve` runs its worker in a session of its own; SIGTERM must not orphan it."""
     port = free_port()
-    serve = subprocess.Popen([sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
+    serve = subprocess.Popen([sys.executable, "-m", "commands", "serve", "--port", str(port)],
                              env=worker_env(settings), cwd=ROOT, start_new_session=True)
     children: list[str] = []
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -18,9 +19,22 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from worker.cli import free_port, stop_process_group
+from commands.ports import free_port
+from commands.serve import stop_process_group
 
 UPSCALE = 4  # 8x8 -> 32x32 px, the working size of the small-image backbones
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("demo", help="cluster scikit-learn's 1,797 handwritten digits")
+    parser.add_argument("--server", help="URL of a running Corral (default: start one)")
+    parser.add_argument(
+        "--mmdc-epochs",
+        type=int,
+        default=0,
+        help="also run MMDC for this many epochs (0 = k-means only)",
+    )
+    parser.set_defaults(func=lambda args: run_demo(server=args.server, mmdc_epochs=args.mmdc_epochs))
 
 
 def digits_zip(path: Path) -> int:
@@ -48,7 +62,7 @@ def run_demo(*, server: str | None, mmdc_epochs: int = 0) -> int:
         data_dir = os.environ.get("CORRAL_DATA_DIR", "./corral-data")
         print(f"starting corral serve on {server} (data in {data_dir})")
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "commands", "serve", "--port", str(port)],
             start_new_session=True,
         )
     try:
