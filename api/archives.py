@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from core.data.policy import MAX_PIXELS
+
 PROBLEM_TYPE_BASE = "https://corral.dev/problems/"
 CHUNK = 256 * 1024  # bytes asked of a decompressor at a time: bounds memory per read
 RATIO_FLOOR = 1 << 20  # ratios count only past 1 MiB: a tiny blank image may compress 500x
@@ -60,7 +62,7 @@ class IntakeLimits:
     max_member_bytes: int = 256 << 20  # bytes actually decompressed per member
     max_total_bytes: int = 4 << 30  # bytes actually decompressed in total
     max_ratio: float = 200.0  # decompressed / compressed, per zip member, whole stream for tar
-    max_pixels: int = 50_000_000  # per image, read from the header before decoding
+    max_pixels: int = MAX_PIXELS  # per image, read from the header before decoding
 
 
 class IntakeError(Exception):

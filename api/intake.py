@@ -36,6 +36,7 @@ from api.archives import (
     check_declared,
     detect_format,
 )
+from core.data.policy import ALLOWED_FORMATS, DECODERS, hidden_reason
 
 __all__ = [
     "AcceptedImage",
@@ -52,8 +53,6 @@ logger = logging.getLogger(__name__)
 
 HEAD_BYTES = 4096  # enough to recognise any format by its magic, and for Pillow to read a header
 MAX_PATH_CHARS = 4096
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")  # the only decoders we run
-_JPEG_VARIANTS = ("MPO",)  # Pillow's JPEG opener returns these for multi-picture JPEGs
 _IMAGE_MAGICS = (
     (b"\x89PNG\r\n\x1a\n", "png"),
     (b"\xff\xd8\xff", "jpg"),
@@ -180,11 +179,9 @@ def _screen(member: Member, path: str | None, seen: set[str], limits: IntakeLimi
         return "not_a_file"
     if path is None:
         return "unsafe_path"
-    parts = path.split("/")
-    if "__MACOSX" in parts or parts[-1].startswith("._") or parts[-1] == ".DS_Store":
-        return "macos_metadata"
-    if any(part.startswith(".") for part in parts):
-        return "hidden"
+    hidden = hidden_reason(path)
+    if hidden is not None:
+        return hidden
     if path in seen:
         return "duplicate_path"
     seen.add(path)
@@ -247,8 +244,7 @@ def _not_image_reason(head: bytes) -> str:
         return "nested_archive"
     try:  # a header Pillow recognises is an image in a format we do not take
         with Image.open(io.BytesIO(head)) as image:
-            allowed = (*ALLOWED_FORMATS, *_JPEG_VARIANTS)
-            return "not_an_image" if image.format in allowed else "format_not_allowed"
+            return "not_an_image" if image.format in ALLOWED_FORMATS else "format_not_allowed"
     except Exception:
         return "not_an_image"
 
@@ -274,7 +270,7 @@ def _write(blob: Path, head: bytes, stream: MemberStream, written: list[Path]) -
 def _check_image(source: Path | io.BytesIO, limits: IntakeLimits) -> tuple[str, int, int]:
     """(format, width, height) once the header passes the pixel cap and the image decodes."""
     try:
-        with Image.open(source, formats=ALLOWED_FORMATS) as image:
+        with Image.open(source, formats=DECODERS) as image:
             width, height = image.size
             if width * height > limits.max_pixels:  # from the header: nothing decoded yet
                 raise MemberError("too_many_pixels")

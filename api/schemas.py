@@ -8,7 +8,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.config import DEFAULT_METHOD, MAX_K
+from core.config import BOUNDS, DEFAULT_METHOD, Method
+
+
+def _bounded(name: str, **kwargs: Any) -> Any:
+    """A Field with core's bounds for parameter `name` (core.config.BOUNDS, their one home)."""
+    low, high = BOUNDS[name]
+    return Field(ge=low, le=high, **kwargs)
 
 
 class JobParams(BaseModel):
@@ -16,14 +22,14 @@ class JobParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    k: int = Field(ge=2, le=MAX_K, description="number of clusters")
-    method: Literal["imc", "mmdc", "kmeans"] = Field(
+    k: int = _bounded("k", description="number of clusters")
+    method: Method = Field(
         default=DEFAULT_METHOD, description="imc (IMC-SwAV, the default), mmdc or kmeans (pixels)"
     )
-    epochs: int | None = Field(default=None, ge=1, le=10_000, description="default: per method")
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    image_size: int | None = Field(default=None, ge=16, le=256, description="working size, px")
-    batch_size: int | None = Field(default=None, ge=2, le=8192)
+    epochs: int | None = _bounded("epochs", default=None, description="default: per method")
+    seed: int = _bounded("seed", default=0)
+    image_size: int | None = _bounded("image_size", default=None, description="working size, px")
+    batch_size: int | None = _bounded("batch_size", default=None)
     name: str | None = Field(default=None, max_length=200)
 
     def cluster_config(self) -> dict[str, Any]:

@@ -7,12 +7,12 @@ or an image crafted against a browser's decoder, becomes a plain JPEG made by Pi
 from __future__ import annotations
 
 import io
-import os
 import uuid
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from core.atomic import write_atomically
 from store import blobs
 from store.settings import Settings
 
@@ -26,9 +26,7 @@ def thumbnail_path(settings: Settings, job_id: uuid.UUID, image_id: uuid.UUID, b
     if not path.is_file():
         data = render(blobs.image_path(settings, job_id, blob_name).read_bytes())
         path.parent.mkdir(exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # concurrent makers race safely
-        partial.write_bytes(data)
-        partial.replace(path)
+        write_atomically(path, lambda handle: handle.write(data))  # concurrent makers race safely
     return path
 
 

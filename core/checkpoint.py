@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from core.atomic import write_atomically
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file and rename, so a crash never leaves a half-written checkpoint."""
+    """Written atomically, so a crash never leaves a half-written checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    write_atomically(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: Path | None, *, config: dict[str, Any], n_images: int) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.atomic import write_atomically
 from core.data.images import decode_files
 from core.runtime import autocast
 
@@ -64,11 +65,10 @@ def save_model(source: ClusterResult | Predictor, path: str | Path) -> None:
     if predictor is None:
         raise ValueError("this result has no predictor; it was made by a method that cannot predict")
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    torch.save({"format": FORMAT, "readout": predictor.readout, "image_size": predictor.image_size,
-                "channels": predictor.channels, "k": predictor.k, "method": predictor.method,
-                "precision": predictor.precision}, partial)
-    partial.replace(path)
+    saved = {"format": FORMAT, "readout": predictor.readout, "image_size": predictor.image_size,
+             "channels": predictor.channels, "k": predictor.k, "method": predictor.method,
+             "precision": predictor.precision}
+    write_atomically(path, lambda handle: torch.save(saved, handle))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predictor:

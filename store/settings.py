@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.data.policy import MAX_PIXELS
+
 
 class Settings(BaseSettings):
     """Service configuration; the same names in every runtime mode."""
@@ -32,7 +34,7 @@ class Settings(BaseSettings):
     max_member_bytes: Annotated[int, Field(ge=1)] = 64 * 1024**2
     max_total_bytes: Annotated[int, Field(ge=1)] = 8 * 1024**3
     max_ratio: Annotated[float, Field(gt=1)] = 200.0
-    max_pixels: Annotated[int, Field(ge=1)] = 50_000_000
+    max_pixels: Annotated[int, Field(ge=1)] = MAX_PIXELS
     # At API start, a job folder this old without a job row is a cut-off upload and is removed.
     # Longer than any upload in flight on another API process sharing the data dir.
     orphan_grace_s: Annotated[float, Field(ge=0)] = 3600.0

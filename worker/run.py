@@ -23,8 +23,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session, sessionmaker
 
 import core
+from core.atomic import write_atomically
 from core.config import ClusterConfig
 from core.data.images import ImageSet, decode_files
+from core.errors import InvalidInput
 from core.predict import save_model
 from core.result import ClusterResult, Progress
 from store import blobs, jobs, results
@@ -84,9 +86,9 @@ def execute_job(
             "Time limit exceeded",
             f"the job ran longer than {settings.task_time_limit_s} s",
         )
-    except ValueError as error:  # core names the parameter at fault
+    except InvalidInput as error:  # the user's images or parameters; core names the one at fault
         outcome = _fail(sessions, job_id, worker_id, "invalid_input", "Invalid input", str(error))
-    except Exception as error:
+    except Exception as error:  # a bug, a full disk, a lost device: ours, with the traceback logged
         log.exception("job %s failed", job_id)
         outcome = _fail(
             sessions,
@@ -211,9 +213,8 @@ def _save_outputs(result: ClusterResult, kept: list[Image], settings: Settings, 
     """Embeddings (rows in upload order, as the assignments) and the model for predictions."""
     order = np.argsort([image.seq for image in kept], kind="stable")
     path = blobs.embeddings_path(settings, job_id)
-    with open(path.with_name(path.name + ".partial"), "wb") as handle:
-        np.save(handle, result.embeddings[order].astype(np.float32))
-    path.with_name(path.name + ".partial").replace(path)
+    embeddings = result.embeddings[order].astype(np.float32)
+    write_atomically(path, lambda handle: np.save(handle, embeddings))
     if result.predictor is not None:
         save_model(result, blobs.model_path(settings, job_id))
 

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core.data.policy import ALLOWED_FORMATS, MAX_PIXELS, hidden_reason
+from core.errors import InvalidInput
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
-DEFAULT_MAX_PIXELS = 50_000_000
 
 Opener = Callable[[], bytes]
 
@@ -46,7 +47,7 @@ def read_images(path: str | Path, image_size: int | None = None) -> ImageSet:
     """Read a folder or a zip/tar(.gz) archive of images."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{path} does not exist")
+        raise InvalidInput(f"{path} does not exist")
     if path.is_dir():
         return decode_sources(_folder_sources(path), image_size=image_size)
     if zipfile.is_zipfile(path):
@@ -55,7 +56,7 @@ def read_images(path: str | Path, image_size: int | None = None) -> ImageSet:
     if tarfile.is_tarfile(path):
         with tarfile.open(path) as archive:
             return decode_sources(_tar_sources(archive), image_size=image_size)
-    raise ValueError(f"{path} is neither a folder nor a zip/tar archive")
+    raise InvalidInput(f"{path} is neither a folder nor a zip/tar archive")
 
 
 def decode_files(
@@ -69,7 +70,7 @@ def decode_files(
 def decode_sources(
     sources: dict[str, Opener],
     image_size: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = MAX_PIXELS,
     channels: int | None = None,
 ) -> ImageSet:
     """Two passes: headers (size, mode) to fix S and C, then one full decode per image.
@@ -164,17 +165,17 @@ def _folder_sources(root: Path) -> dict[str, Opener]:
     return {
         file.relative_to(root).as_posix(): file.read_bytes
         for file in root.rglob("*")
-        if file.is_file() and not file.is_symlink() and not _hidden(file.relative_to(root).as_posix())
+        if file.is_file() and not file.is_symlink() and hidden_reason(file.relative_to(root).as_posix()) is None
     }
 
 
 def _zip_sources(archive: zipfile.ZipFile) -> dict[str, Opener]:
-    members = [m for m in archive.infolist() if not m.is_dir() and not _hidden(m.filename)]
+    members = [m for m in archive.infolist() if not m.is_dir() and hidden_reason(m.filename) is None]
     return {m.filename: (lambda m=m: archive.read(m)) for m in members}
 
 
 def _tar_sources(archive: tarfile.TarFile) -> dict[str, Opener]:
-    members = [m for m in archive.getmembers() if m.isfile() and not _hidden(m.name)]
+    members = [m for m in archive.getmembers() if m.isfile() and hidden_reason(m.name) is None]
 
     def reader(member: tarfile.TarInfo) -> Opener:
         def read() -> bytes:
@@ -185,8 +186,3 @@ def _tar_sources(archive: tarfile.TarFile) -> dict[str, Opener]:
 
     return {m.name: reader(m) for m in members}
 
-
-def _hidden(name: str) -> bool:
-    """Dot-files and macOS resource forks are never images of the set."""
-    parts = PurePosixPath(name).parts
-    return any(part.startswith(".") or part == "__MACOSX" for part in parts)

@@ -179,3 +179,26 @@ def test_cancelling_a_running_mmdc_job_stops_it_before_the_last_epoch(
     with sessions() as session:
         job = jobs.get_job(session, job_id=job_id)
         assert job is not None and job.state == JobState.CANCELLED and (job.epoch or 0) < 50
+
+
+def test_a_bug_raising_value_error_in_training_is_a_worker_error_not_the_users(
+    settings: Settings, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only core.errors.InvalidInput is the user's 422; any other ValueError is ours (500)."""
+    from core.methods import METHODS
+
+    def buggy_training(*args: object, **kwargs: object) -> None:
+        raise ValueError("operands could not be broadcast together")  # a bug, not bad input
+
+    monkeypatch.setitem(METHODS, "kmeans", buggy_training)
+    job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    with caplog.at_level("ERROR", logger="worker.run"):
+        assert execute_job(job_id, settings=settings, sessions=sessions) == JobState.FAILED
+    with sessions() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert job is not None and job.error is not None
+        assert job.error["type"].endswith("/worker_error") and job.error["status"] == 500
+        assert "ValueError: operands could not be broadcast together" in job.error["detail"]
+    logged = [record for record in caplog.records if record.exc_info is not None]
+    assert logged and "buggy_training" in caplog.text  # the traceback, not just the message
