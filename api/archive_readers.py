@@ -22,7 +22,6 @@ from api.archives import (
     MAX_SINGLE_READ,
     RATIO_FLOOR,
     READ_ERRORS,
-    IntakeError,
     IntakeLimits,
     Member,
     MemberError,
@@ -30,7 +29,9 @@ from api.archives import (
     Meter,
     bomb,
     refuse_entries,
+    refused,
 )
+from api.errors import ProblemError
 
 # Zip records (APPNOTE 4.3): only the fields we need are named, the rest skipped with "x".
 _EOCD = struct.Struct("<4s4H2LH")  # sig, disks, entries here, entries, cd size, cd offset, comment
@@ -108,7 +109,7 @@ def _zip_directory(f: IO[bytes], size: int) -> tuple[int, int, int]:
     tail = f.read()
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) - at < _EOCD.size:
-        raise IntakeError("corrupt-archive", "The zip has no end-of-central-directory record.")
+        raise refused("corrupt_archive", "The zip has no end-of-central-directory record.")
     *_, declared, cd_size, _, _ = _EOCD.unpack_from(tail, at)
     cd_end = tail_start + at
     if at >= _ZIP64_LOCATOR.size and tail[at - 20 : at - 16] == b"PK\x06\x07":
@@ -116,10 +117,10 @@ def _zip_directory(f: IO[bytes], size: int) -> tuple[int, int, int]:
         f.seek(cd_end)
         record = f.read(_ZIP64_EOCD.size)
         if len(record) < _ZIP64_EOCD.size or record[:4] != b"PK\x06\x06":
-            raise IntakeError("corrupt-archive", "The zip64 end record is missing or damaged.")
+            raise refused("corrupt_archive", "The zip64 end record is missing or damaged.")
         *_, declared, cd_size, _ = _ZIP64_EOCD.unpack(record)
     if cd_size > cd_end:
-        raise IntakeError("corrupt-archive", "The zip central directory lies outside the file.")
+        raise refused("corrupt_archive", "The zip central directory lies outside the file.")
     return cd_end - cd_size, cd_end, declared
 
 
@@ -143,11 +144,11 @@ def _refuse_overlaps(infos: list[zipfile.ZipInfo], cd_start: int) -> None:
     spans = sorted((i.header_offset, _zip_data_end(i)) for i in infos)
     for (start, end), (next_start, _) in zip(spans, [*spans[1:], (cd_start, 0)], strict=False):
         if end > next_start:
-            raise IntakeError(
-                "overlapping-entries",
+            raise refused(
+                "overlapping_entries",
                 f"Zip entries overlap (one at byte {start:,} runs past {next_start:,}); "
                 "members that share data are a known decompression bomb.",
-                {"offset": start},
+                offset=start,
             )
 
 
@@ -229,7 +230,7 @@ class _CappedStream:
 
     def read(self, n: int = -1) -> bytes:
         if n < 0 or n > MAX_SINGLE_READ:
-            raise IntakeError("corrupt-archive", f"A tar header asks for {n:,} bytes at once.")
+            raise refused("corrupt_archive", f"A tar header asks for {n:,} bytes at once.")
         data = self._raw.read(n)
         self._check(self._raw.tell())
         return data
@@ -265,8 +266,8 @@ def open_archive(path: Path, kind: str, limits: IntakeLimits) -> Archive:
         if kind == "zip":
             return ZipArchive(path, meter)
         return TarArchive(path, kind, meter)
-    except (IntakeError, MemberError):
+    except (ProblemError, MemberError):
         raise
     except READ_ERRORS as error:
         detail = f"The {kind} archive cannot be read: {error}."
-        raise IntakeError("corrupt-archive", detail) from error
+        raise refused("corrupt_archive", detail) from error

@@ -18,21 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from api.errors import ProblemError
 from core.data.policy import MAX_PIXELS
 
-PROBLEM_TYPE_BASE = "https://corral.dev/problems/"
 CHUNK = 256 * 1024  # bytes asked of a decompressor at a time: bounds memory per read
 RATIO_FLOOR = 1 << 20  # ratios count only past 1 MiB: a tiny blank image may compress 500x
 MAX_SINGLE_READ = 4 << 20  # tarfile reads GNU long names and pax headers in one call
 
 PROBLEMS: dict[str, tuple[int, str]] = {
-    "archive-too-large": (413, "Upload too large"),
-    "not-an-archive": (415, "Not a zip or tar archive"),
-    "corrupt-archive": (422, "Corrupt archive"),
-    "too-many-entries": (422, "Too many archive entries"),
-    "zip-bomb": (422, "Archive expands beyond the limits"),
-    "overlapping-entries": (422, "Overlapping archive entries"),
-    "no-images": (422, "No readable images"),
+    "archive_too_large": (413, "Upload too large"),
+    "not_an_archive": (415, "Not a zip or tar archive"),
+    "corrupt_archive": (422, "Corrupt archive"),
+    "too_many_entries": (422, "Too many archive entries"),
+    "zip_bomb": (422, "Archive expands beyond the limits"),
+    "overlapping_entries": (422, "Overlapping archive entries"),
+    "no_images": (422, "No readable images"),
 }
 
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
@@ -65,15 +65,10 @@ class IntakeLimits:
     max_pixels: int = MAX_PIXELS  # per image, read from the header before decoding
 
 
-class IntakeError(Exception):
-    """A refused upload: `status`, `type` (slug), `title` and `detail` make its problem body."""
-
-    def __init__(self, type: str, detail: str, extra: dict[str, Any] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.title = PROBLEMS[type]
-        self.type = type
-        self.detail = detail
-        self.extra: dict[str, Any] = dict(extra or {})
+def refused(slug: str, detail: str, **extra: Any) -> ProblemError:
+    """The API error for a refused upload; status and title come from PROBLEMS."""
+    status, title = PROBLEMS[slug]
+    return ProblemError(status, slug, title, detail, **extra)
 
 
 class MemberError(Exception):
@@ -120,7 +115,7 @@ def is_tar_header(block: bytes) -> bool:
 
 
 def detect_format(path: Path) -> str:
-    """ "zip", "tar", "tar.gz", "tar.bz2" or "tar.xz", from the bytes; else IntakeError 415."""
+    """ "zip", "tar", "tar.gz", "tar.bz2" or "tar.xz", from the bytes; else a 415 ProblemError."""
     with path.open("rb") as f:
         head = f.read(512)
     kind = archive_kind(head) or ("tar" if _is_empty_tar(head) else None)
@@ -128,8 +123,8 @@ def detect_format(path: Path) -> str:
         inner = _decompressed_head(path, kind)
         kind = kind if is_tar_header(inner) or _is_empty_tar(inner) else None
     if kind not in ("zip", "tar", *COMPRESSORS):
-        raise IntakeError(
-            "not-an-archive",
+        raise refused(
+            "not_an_archive",
             "The upload is not a zip, tar, tar.gz, tar.bz2 or tar.xz archive "
             "(formats are recognised by their content, not by name or Content-Type).",
         )
@@ -146,11 +141,11 @@ def _decompressed_head(path: Path, kind: str) -> bytes:
         with COMPRESSORS[kind][1](path) as stream:
             return stream.read(512)
     except READ_ERRORS as error:
-        raise IntakeError("corrupt-archive", f"The {kind} stream cannot be read: {error}.") from error
+        raise refused("corrupt_archive", f"The {kind} stream cannot be read: {error}.") from error
 
 
 class Meter:
-    """Counts bytes as decompressors produce them; raises zip-bomb the moment a cap is passed."""
+    """Counts bytes as decompressors produce them; raises zip_bomb the moment a cap is passed."""
 
     def __init__(self, limits: IntakeLimits) -> None:
         self.limits = limits
@@ -181,8 +176,8 @@ def check_declared(member: Member, limits: IntakeLimits) -> None:
             )
 
 
-def bomb(detail: str) -> IntakeError:
-    return IntakeError("zip-bomb", detail)
+def bomb(detail: str) -> ProblemError:
+    return refused("zip_bomb", detail)
 
 
 class MemberStream:
@@ -198,7 +193,7 @@ class MemberStream:
             data = self._raw.read(n)
         except READ_ERRORS as error:
             if self._errors_fatal:
-                raise IntakeError("corrupt-archive", f"The archive is corrupt: {error}.") from error
+                raise refused("corrupt_archive", f"The archive is corrupt: {error}.") from error
             raise MemberError("corrupt_member") from error
         self.done += len(data)
         self._meter.count(self._member, self.done, len(data))
@@ -215,8 +210,9 @@ class MemberStream:
 
 def refuse_entries(entries: int, limits: IntakeLimits) -> None:
     if entries > limits.max_entries:
-        raise IntakeError(
-            "too-many-entries",
+        raise refused(
+            "too_many_entries",
             f"The archive has {entries:,} entries; the limit is {limits.max_entries:,}.",
-            {"entries": entries, "max_entries": limits.max_entries},
+            entries=entries,
+            max_entries=limits.max_entries,
         )

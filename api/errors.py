@@ -20,7 +20,8 @@ PROBLEM_JSON = "application/problem+json"
 
 
 class ProblemError(Exception):
-    """Raise from anywhere in a request to answer with a problem+json body."""
+    """The one API error: raise it anywhere in a request (a route, the intake, an archive reader)
+    and the client gets its RFC 9457 problem+json body; `extra` become extension members."""
 
     def __init__(
         self,
@@ -37,6 +38,13 @@ class ProblemError(Exception):
         self.headers = headers or {}
         self.extra = extra
 
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        """The problem+json body, `instance` (the request path) included when given."""
+        body = problem(self.slug, self.title, self.status, self.detail, **self.extra)
+        if instance:
+            body["instance"] = instance
+        return body
+
 
 def problem_response(
     status: int,
@@ -48,10 +56,8 @@ def problem_response(
     instance: str | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    body = problem(slug, title, status, detail, **extra)
-    if instance:
-        body["instance"] = instance
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    error = ProblemError(status, slug, title, detail, **extra)
+    return JSONResponse(error.body(instance), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def field_errors(errors: list[Any], *, skip: int = 0, prefix: str = "") -> list[dict[str, str]]:
@@ -76,14 +82,8 @@ def install(app: FastAPI) -> None:
     async def _problem(request: Request, exc: ProblemError) -> Response:
         if exc.status == 401 and request.url.path.startswith("/ui") and request.method == "GET":
             return RedirectResponse("/ui/key", status_code=303)  # a page asks a person to sign in
-        return problem_response(
-            exc.status,
-            exc.slug,
-            exc.title,
-            exc.detail,
-            headers=exc.headers,
-            instance=request.url.path,
-            **exc.extra,
+        return JSONResponse(
+            exc.body(request.url.path), status_code=exc.status, media_type=PROBLEM_JSON, headers=exc.headers
         )
 
     @app.exception_handler(RequestValidationError)

@@ -1,13 +1,13 @@
 """Upload intake: stream the upload to disk, then keep only the archive members that are images.
 
 `save_upload` writes the request body to a file with a byte cap. `extract_images` detects the
-archive by content, refuses bombs and oversized directories (`IntakeError`, a 4xx problem),
+archive by content, refuses bombs and oversized directories (a 4xx `ProblemError`),
 skips members that are not usable images (`SkippedEntry` with a reason slug), and stores each
 accepted image under a generated name in `dest_dir` (the job's own, fresh folder). It never
 writes outside `dest_dir`, never uses a member's name as a file name, never replaces an existing
 file, and removes every file it wrote when it raises.
 
-Problem types are `https://corral.dev/problems/<slug>` (see `PROBLEMS` in `api.archives`).
+Problem slugs and titles are in `PROBLEMS` (`api.archives`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,11 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
 from api.archive_readers import Archive, open_archive
 from api.archives import (
-    PROBLEM_TYPE_BASE,
-    IntakeError,
     IntakeLimits,
     Member,
     MemberError,
@@ -35,17 +32,17 @@ from api.archives import (
     archive_kind,
     check_declared,
     detect_format,
+    refused,
 )
+from api.errors import ProblemError
 from core.data.policy import ALLOWED_FORMATS, DECODERS, hidden_reason
 
 __all__ = [
     "AcceptedImage",
-    "IntakeError",
     "IntakeLimits",
     "IntakeResult",
     "SkippedEntry",
     "extract_images",
-    "problem_body",
     "save_upload",
 ]
 
@@ -94,18 +91,6 @@ class IntakeResult:
     entries: int = 0
 
 
-def problem_body(error: IntakeError) -> dict[str, Any]:
-    """The RFC 9457 body for `error`; its `extra` become extension members."""
-    body: dict[str, Any] = dict(error.extra)
-    body.update(
-        type=PROBLEM_TYPE_BASE + error.type,
-        title=error.title,
-        status=error.status,
-        detail=error.detail,
-    )
-    return body
-
-
 async def save_upload(chunks: AsyncIterator[bytes], dest: Path, *, max_bytes: int) -> int:
     """Stream `chunks` into a new file `dest`; 413 (and no file) once past `max_bytes`."""
     written = 0
@@ -115,10 +100,10 @@ async def save_upload(chunks: AsyncIterator[bytes], dest: Path, *, max_bytes: in
             async for chunk in chunks:
                 written += len(chunk)
                 if written > max_bytes:
-                    raise IntakeError(
-                        "archive-too-large",
+                    raise refused(
+                        "archive_too_large",
                         f"The upload is larger than the {max_bytes:,}-byte limit.",
-                        {"max_bytes": max_bytes},
+                        max_bytes=max_bytes,
                     )
                 out.write(chunk)  # page-cache writes of small chunks: not worth a thread hop
     except BaseException:
@@ -141,10 +126,10 @@ def extract_images(archive: Path, dest_dir: Path, limits: IntakeLimits) -> Intak
         _require_images(result)
     except BaseException as error:
         _remove(written)
-        if isinstance(error, IntakeError | MemoryError) or not isinstance(error, Exception):
+        if isinstance(error, ProblemError | MemoryError) or not isinstance(error, Exception):
             raise
         logger.warning("intake of %s failed unexpectedly", archive, exc_info=True)
-        raise IntakeError("corrupt-archive", f"The {kind} archive cannot be read.") from error
+        raise refused("corrupt_archive", f"The {kind} archive cannot be read.") from error
     result.images.sort(key=lambda image: image.path)
     return result
 
@@ -296,15 +281,13 @@ def _require_images(result: IntakeResult) -> None:
     else:
         summary = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
         detail = f"None of the {result.entries:,} entries is a readable image ({summary})."
-    raise IntakeError(
-        "no-images",
+    raise refused(
+        "no_images",
         detail,
-        {
-            "entries": result.entries,
-            "images": 0,
-            "skipped": len(result.skipped),
-            "skipped_reasons": dict(reasons),
-        },
+        entries=result.entries,
+        images=0,
+        skipped=len(result.skipped),
+        skipped_reasons=dict(reasons),
     )
 
 

@@ -11,9 +11,9 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.archives import PROBLEM_TYPE_BASE
+from store.jobs import problem
 
-PROBLEM_SLUG = "body-too-large"
+PROBLEM_SLUG = "body_too_large"
 
 
 class BodyTooLargeError(Exception):
@@ -87,13 +87,7 @@ def _content_length(scope: Scope) -> int | None:
 async def send_too_large(send: Send, max_bytes: int, declared: int | None) -> None:
     """Send the 413 problem+json; `Connection: close` so the rest of the body is never read."""
     detail = f"The request body is larger than the {max_bytes:,}-byte limit."
-    body: dict[str, object] = {
-        "type": PROBLEM_TYPE_BASE + PROBLEM_SLUG,
-        "title": "Request body too large",
-        "status": 413,
-        "detail": detail,
-        "max_bytes": max_bytes,
-    }
+    body = problem(PROBLEM_SLUG, "Request body too large", 413, detail, max_bytes=max_bytes)
     if declared is not None:
         body["content_length"] = declared
     payload = json.dumps(body).encode()

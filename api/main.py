@@ -7,13 +7,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.headers import NoSniff
-from api.intake import IntakeError, problem_body
 from api.limits import BodySizeLimit
 from api.routes import exports, health, jobs, predict, results, ui
 from store import blobs
@@ -50,7 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.predict_slots = asyncio.Semaphore(settings.predict_concurrency)
     errors.install(app)
-    app.add_exception_handler(IntakeError, _intake_error)  # type: ignore[arg-type]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK)
     routers = (health.router, jobs.router, results.router, exports.router, predict.router, ui.router)
     for router in routers:
@@ -58,11 +55,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/ui/static", StaticFiles(packages=[("api", "static")]), name="static")
     app.add_middleware(NoSniff)
     return app
-
-
-async def _intake_error(request: Request, exc: IntakeError) -> JSONResponse:
-    body = {**problem_body(exc), "instance": request.url.path}
-    return JSONResponse(body, status_code=exc.status, media_type=errors.PROBLEM_JSON)
 
 
 def sweep_orphans(app: FastAPI, *, older_than_s: float) -> int:

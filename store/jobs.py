@@ -288,7 +288,9 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount)
 
 
-PROBLEM_TYPE_BASE = "https://corral.dev/problems/"  # the same base as api.intake
+# The one base of every problem type, the API's and a failed job's: `<base><slug>`, slugs in
+# snake_case (`job_not_found`, `zip_bomb`).
+PROBLEM_TYPE_BASE = "https://corral.dev/problems/"
 
 
 def problem(slug: str, title: str, status: int, detail: str, **extra: Any) -> dict[str, Any]:

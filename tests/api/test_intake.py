@@ -21,12 +21,11 @@ import pytest
 from PIL import Image
 
 from api import archives
+from api.errors import ProblemError
 from api.intake import (
-    IntakeError,
     IntakeLimits,
     SkippedEntry,
     extract_images,
-    problem_body,
     save_upload,
 )
 
@@ -160,8 +159,8 @@ def dest(tmp_path: Path) -> Path:
     return tmp_path / "job" / "images"
 
 
-def refused(archive: Path, dest: Path, limits: IntakeLimits = LIMITS) -> IntakeError:
-    with pytest.raises(IntakeError) as caught:
+def refused(archive: Path, dest: Path, limits: IntakeLimits = LIMITS) -> ProblemError:
+    with pytest.raises(ProblemError) as caught:
         extract_images(archive, dest, limits)
     assert not dest.exists() or not any(dest.iterdir()), "a refused archive left files behind"
     return caught.value
@@ -178,19 +177,19 @@ def reasons(skipped: list[SkippedEntry]) -> dict[str, str]:
 def test_intake_not_an_archive_is_415(tmp_path: Path, dest: Path, content: bytes) -> None:
     (tmp_path / "upload.zip").write_bytes(content)
     error = refused(tmp_path / "upload.zip", dest)
-    assert (error.status, error.type) == (415, "not-an-archive")
+    assert (error.status, error.slug) == (415, "not_an_archive")
 
 
 def test_intake_empty_zip_is_422_with_counts(tmp_path: Path, dest: Path) -> None:
     error = refused(write_zip(tmp_path / "empty.zip", {}), dest)
-    assert (error.status, error.type) == (422, "no-images")
+    assert (error.status, error.slug) == (422, "no_images")
     assert error.extra["entries"] == 0 and error.extra["images"] == 0
 
 
 def test_intake_only_non_images_is_422_with_counts(tmp_path: Path, dest: Path) -> None:
     members = {"a.txt": b"hello", "b.csv": b"1,2", "c.png": b"", ".hidden.png": png()}
     error = refused(write_zip(tmp_path / "docs.zip", members), dest)
-    assert (error.status, error.type) == (422, "no-images")
+    assert (error.status, error.slug) == (422, "no_images")
     assert error.extra["entries"] == 4 and error.extra["skipped"] == 4
     assert error.extra["skipped_reasons"] == {"not_an_image": 2, "empty_file": 1, "hidden": 1}
     assert "4 entries" in error.detail
@@ -219,7 +218,7 @@ def test_intake_member_lying_about_its_size_stops_at_the_claim(tmp_path: Path, d
     plain = write_zip(tmp_path / "plain.zip", {"a.png": png(), "bomb.png": data}).read_bytes()
     (tmp_path / "lie.zip").write_bytes(patch_zip(plain, "bomb.png", file_size=1_000))
     error = refused(tmp_path / "lie.zip", dest)
-    assert (error.status, error.type) == (422, "zip-bomb")
+    assert (error.status, error.slug) == (422, "zip_bomb")
     assert "declares 1,000 bytes" in error.detail
     assert sum(produced) <= len(png()) + 1_000
 
@@ -227,7 +226,7 @@ def test_intake_member_lying_about_its_size_stops_at_the_claim(tmp_path: Path, d
 def test_intake_high_ratio_member_is_refused_from_its_header(tmp_path: Path, dest: Path, produced: list[int]) -> None:
     members = {"a.png": png(), "bomb.png": b"\x89PNG\r\n\x1a\n" + bytes(16 << 20)}
     error = refused(write_zip(tmp_path / "ratio.zip", members), dest)
-    assert (error.status, error.type) == (422, "zip-bomb")
+    assert (error.status, error.slug) == (422, "zip_bomb")
     assert "compression ratio" in error.detail
     assert sum(produced) <= len(png())
 
@@ -236,7 +235,7 @@ def test_intake_total_cap_stops_after_at_most_the_cap(tmp_path: Path, dest: Path
     rng = random.Random(2)  # incompressible: no ratio cap, each member under the member cap
     members = {f"{i}.png": b"\x89PNG\r\n\x1a\n" + rng.randbytes(1_400_000) for i in range(8)}
     error = refused(write_zip(tmp_path / "total.zip", members), dest)
-    assert (error.status, error.type) == (422, "zip-bomb")
+    assert (error.status, error.slug) == (422, "zip_bomb")
     assert sum(produced) <= LIMITS.max_total_bytes
 
 
@@ -245,7 +244,7 @@ def test_intake_tar_gz_bomb_is_capped(tmp_path: Path, dest: Path) -> None:
     (tmp_path / "bomb.tgz").write_bytes(gzip.compress(payload, compresslevel=9))
     started = time.perf_counter()
     error = refused(tmp_path / "bomb.tgz", dest)
-    assert (error.status, error.type) == (422, "zip-bomb")
+    assert (error.status, error.slug) == (422, "zip_bomb")
     assert time.perf_counter() - started < 5
 
 
@@ -253,7 +252,7 @@ def test_intake_overlapping_entries_is_422(tmp_path: Path, dest: Path) -> None:
     plain = write_zip(tmp_path / "plain.zip", {"a.png": png(), "b.png": png()}).read_bytes()
     (tmp_path / "overlap.zip").write_bytes(patch_zip(plain, "b.png", header_offset=0))
     error = refused(tmp_path / "overlap.zip", dest)
-    assert (error.status, error.type) == (422, "overlapping-entries")
+    assert (error.status, error.slug) == (422, "overlapping_entries")
 
 
 def test_intake_too_many_entries_refused_before_any_write(
@@ -270,7 +269,7 @@ def test_intake_too_many_entries_refused_before_any_write(
     for name in ("many.zip", "lying.zip"):
         started = time.perf_counter()
         error = refused(tmp_path / name, dest, limits)
-        assert (error.status, error.type) == (422, "too-many-entries")
+        assert (error.status, error.slug) == (422, "too_many_entries")
         assert error.extra["max_entries"] == 100_000 and error.extra["entries"] > 100_000
         assert time.perf_counter() - started < 5
 
@@ -278,14 +277,14 @@ def test_intake_too_many_entries_refused_before_any_write(
 def test_intake_hand_built_zip_is_read_normally(tmp_path: Path, dest: Path) -> None:
     (tmp_path / "three.zip").write_bytes(many_entries_zip(3))
     error = refused(tmp_path / "three.zip", dest)
-    assert error.type == "no-images" and error.extra["skipped_reasons"] == {"empty_file": 3}
+    assert error.slug == "no_images" and error.extra["skipped_reasons"] == {"empty_file": 3}
 
 
 def test_intake_too_many_tar_entries_refused(tmp_path: Path, dest: Path) -> None:
     (tmp_path / "many.tar").write_bytes(tar_bytes({f"{i}.png": png() for i in range(11)}))
     limits = IntakeLimits(max_entries=10)
     error = refused(tmp_path / "many.tar", dest, limits)
-    assert (error.status, error.type) == (422, "too-many-entries")
+    assert (error.status, error.slug) == (422, "too_many_entries")
 
 
 # --- paths and links ---------------------------------------------------------------------------
@@ -508,7 +507,7 @@ def test_intake_failure_after_accepting_images_removes_them(tmp_path: Path, dest
     (tmp_path / "late.zip").write_bytes(patch_zip(plain, "z.png", file_size=100))
     dest.mkdir(parents=True)
     (dest / "keep.txt").write_text("not ours")
-    with pytest.raises(IntakeError, match="declares 100 bytes"):
+    with pytest.raises(ProblemError, match="declares 100 bytes"):
         extract_images(tmp_path / "late.zip", dest, LIMITS)
     assert [p.name for p in dest.iterdir()] == ["keep.txt"]
 
@@ -521,7 +520,7 @@ def test_intake_corrupt_archives_are_422_not_500(tmp_path: Path, dest: Path, cut
     for name, data in (("cut.zip", whole), ("cut.tgz", targz)):
         (tmp_path / name).write_bytes(data[: int(len(data) * cut)])
         error = refused(tmp_path / name, dest)
-        assert (error.status, error.type) == (422, "corrupt-archive"), error.detail
+        assert (error.status, error.slug) == (422, "corrupt_archive"), error.detail
 
 
 def test_intake_unexpected_exception_becomes_corrupt_archive(
@@ -532,7 +531,7 @@ def test_intake_unexpected_exception_becomes_corrupt_archive(
 
     monkeypatch.setattr("api.intake._check_image", explode)
     error = refused(write_zip(tmp_path / "a.zip", {"a.png": png()}), dest)
-    assert (error.status, error.type) == (422, "corrupt-archive")
+    assert (error.status, error.slug) == (422, "corrupt_archive")
 
 
 # --- save_upload and problem bodies ------------------------------------------------------------
@@ -545,9 +544,9 @@ async def chunks_of(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
 
 def test_save_upload_over_the_limit_is_413_and_leaves_no_file(tmp_path: Path) -> None:
     target = tmp_path / "upload.bin"
-    with pytest.raises(IntakeError) as caught:
+    with pytest.raises(ProblemError) as caught:
         asyncio.run(save_upload(chunks_of(bytes(10_001)), target, max_bytes=10_000))
-    assert (caught.value.status, caught.value.type) == (413, "archive-too-large")
+    assert (caught.value.status, caught.value.slug) == (413, "archive_too_large")
     assert not target.exists()
 
 
@@ -560,8 +559,8 @@ def test_save_upload_streams_to_the_file(tmp_path: Path) -> None:
 
 def test_problem_body_is_rfc_9457(tmp_path: Path, dest: Path) -> None:
     error = refused(write_zip(tmp_path / "empty.zip", {}), dest)
-    body = problem_body(error)
-    assert body["type"] == "https://corral.dev/problems/no-images"
+    body = error.body()
+    assert body["type"] == "https://corral.dev/problems/no_images"
     assert (body["status"], body["title"]) == (422, "No readable images")
     assert body["detail"] == "The archive is empty." and body["entries"] == 0
 
@@ -576,7 +575,7 @@ def test_intake_never_overwrites_or_removes_files_it_did_not_write(tmp_path: Pat
     assert (dest / "000001.png").read_bytes() == b"someone else's"
 
 
-def refused_keeping(archive: Path, dest: Path) -> IntakeError:
-    with pytest.raises(IntakeError) as caught:
+def refused_keeping(archive: Path, dest: Path) -> ProblemError:
+    with pytest.raises(ProblemError) as caught:
         extract_images(archive, dest, LIMITS)
     return caught.value

@@ -50,7 +50,7 @@ def assert_problem_413(response: httpx.Response) -> None:
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
-    assert body["type"] == "https://corral.dev/problems/body-too-large"
+    assert body["type"] == "https://corral.dev/problems/body_too_large"
     assert (body["status"], body["max_bytes"]) == (413, MAX_BYTES)
     assert body["title"] and "10,000-byte" in body["detail"]
 
