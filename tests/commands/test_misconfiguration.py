@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,8 @@ import pytest
 
 from commands.ports import free_port
 from commands.preflight import EX_CONFIG
+from tests.commands.conftest import run_command
 
-ROOT = Path(__file__).resolve().parents[2]
 MISSING_DATABASE = f"postgresql+psycopg://postgres@127.0.0.1:5432/corral_missing_{uuid.uuid4().hex[:8]}"
 
 
@@ -35,15 +34,6 @@ def listening() -> Iterator[int]:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         yield int(taken.getsockname()[1])
-
-
-def run_command(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("CORRAL_")}
-    environ.update(PYTHONPATH=str(ROOT), CORRAL_DATA_DIR=str(data_dir), **env)
-    return subprocess.run(
-        [sys.executable, "-m", "commands", *args],
-        cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120,
-    )
 
 
 def assert_one_line(done: subprocess.CompletedProcess[str], command: str, *words: str) -> str:
