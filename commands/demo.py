@@ -34,7 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         default=0,
         help="also run MMDC for this many epochs (0 = k-means only)",
     )
-    parser.set_defaults(func=lambda args: run_demo(server=args.server, mmdc_epochs=args.mmdc_epochs))
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_demo(server=args.server, mmdc_epochs=args.mmdc_epochs)
 
 
 def digits_zip(path: Path) -> int:

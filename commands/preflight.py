@@ -124,4 +124,6 @@ def reason(error: BaseException) -> str:
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
     first = lines[0] if lines else type(cause).__name__
     first = first.rsplit(" failed: ", 1)[-1]  # libpq: `connection to server at ... failed: <why>`
-    return first.removeprefix("FATAL:").strip().rstrip(".")
+    first = first.removeprefix("FATAL:").strip().rstrip(".")
+    # It reads mid-sentence: lower-case a capitalised word (`Connection refused`), not an acronym.
+    return first[:1].lower() + first[1:] if first[1:2].islower() else first
