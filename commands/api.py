@@ -34,21 +34,22 @@ def _at_least_one(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     settings = get_settings()
-    configure_logging(settings)
     check_api(settings, args.host, args.port)
+    configure_logging(settings)  # after the checks: a misconfiguration is their one line only
     serve_http(args.host, args.port, workers=args.workers)
     return 0
 
 
-def check_api(settings: Settings, host: str, port: int) -> None:
-    """Everything the API needs, checked before it starts: port, data folder, broker, database.
+def check_api(settings: Settings, host: str, port: int, *, migrated: bool = True) -> None:
+    """Everything the API needs, checked before it starts: port, data folder, broker, database
+    (and its schema, unless the caller migrates it next).
 
     The broker before the database: an embedded SQLite database is created by connecting to it.
     """
     check_port(host, port)
     check_data_dir(settings)
     check_broker(settings)
-    check_database(settings)
+    check_database(settings, migrated=migrated)
 
 
 def serve_http(host: str, port: int, *, workers: int = 1) -> None:

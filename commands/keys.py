@@ -21,7 +21,7 @@ def create_key(args: argparse.Namespace) -> int:
     from store.db import make_engine, make_sessionmaker, transaction
 
     settings = get_settings()
-    check_database(settings)
+    check_database(settings, migrated=True)
     with transaction(make_sessionmaker(make_engine(settings))) as session:
         row, plain = keys.create_key(session, name=args.name)
     print(f"API key {row.name!r} ({row.id}); shown once, store it now:")

@@ -18,10 +18,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def run(args: argparse.Namespace) -> int:
     settings = get_settings()
-    configure_logging(settings)
     if settings.is_sqlite:
         check_data_dir(settings)  # the embedded database lives in it
     check_database(settings)
+    configure_logging(settings)  # after the checks: a misconfiguration is their one line only
     upgrade(settings)
     return 0
 

@@ -15,10 +15,14 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
+import migrations
 from store import queue
 from store.db import make_engine
 from store.settings import Settings
@@ -64,13 +68,17 @@ def check_data_dir(settings: Settings) -> None:
                 path.rmdir()
 
 
-def check_database(settings: Settings) -> None:
-    """One `SELECT 1` through the service's own engine."""
+def check_database(settings: Settings, *, migrated: bool = False) -> None:
+    """One `SELECT 1` through the service's own engine; with `migrated`, the schema must also be
+    this release's (`corral api` and `corral worker` do not migrate, `serve` and `migrate` do)."""
+    if migrated and settings.is_sqlite and not Path(make_url(settings.database_url).database or "").exists():
+        raise _not_migrated(settings, None)  # connecting would create an empty file
     try:
         engine = make_engine(settings, pooled=False)
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
+                current = MigrationContext.configure(connection).get_current_revision()
         finally:
             engine.dispose()
     except SQLAlchemyError as error:
@@ -78,6 +86,16 @@ def check_database(settings: Settings) -> None:
             f"cannot reach the database at CORRAL_DATABASE_URL={shown_database_url(settings)} "
             f"({reason(error)}); set CORRAL_DATABASE_URL to a database that exists and accepts connections"
         ) from None
+    if migrated and current not in ScriptDirectory.from_config(migrations.alembic_config(settings)).get_heads():
+        raise _not_migrated(settings, current)
+
+
+def _not_migrated(settings: Settings, current: str | None) -> Misconfigured:
+    return Misconfigured(
+        f"the database at CORRAL_DATABASE_URL={shown_database_url(settings)} has "
+        f"{f'schema revision {current}' if current else 'no Corral schema'}, not this release's; "
+        "run `corral migrate` first (or set CORRAL_DATABASE_URL to a migrated database)"
+    )
 
 
 def check_broker(settings: Settings) -> None:
@@ -92,14 +110,12 @@ def check_broker(settings: Settings) -> None:
 
 
 def check_port(host: str, port: int) -> None:
-    """Bind and release the address as uvicorn will (SO_REUSEADDR): in use, or not ours to take."""
+    """Bind and release the address as uvicorn will (its family rule, SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
+        with socket.socket(family) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
+            probe.bind((host, port))
     except OSError as error:
         raise Misconfigured(
             f"cannot listen on {host}:{port} ({_os_reason(error)}); "

@@ -29,8 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 def run(args: argparse.Namespace) -> int:
     """Migrate, start one worker process, run the API here; stop both on Ctrl-C or SIGTERM."""
     settings = get_settings()
-    configure_logging(settings)
-    check_api(settings, args.host, args.port)  # the worker needs the same data folder, database, broker
+    # The worker needs the same data folder, broker and database; the schema is upgraded next.
+    check_api(settings, args.host, args.port, migrated=False)
+    configure_logging(settings)  # after the checks: a misconfiguration is their one line only
     upgrade(settings)
     # Own session: Ctrl-C in the terminal reaches only us, and we stop the worker in order.
     worker = subprocess.Popen([sys.executable, "-m", "commands", "worker"], start_new_session=True)

@@ -22,10 +22,10 @@ def run(args: argparse.Namespace) -> int:
     from worker.reaper import start_reaper
 
     settings = get_settings()
-    configure_logging(settings)
     check_data_dir(settings)
     check_broker(settings)  # first: an embedded SQLite database is created by connecting to it
-    check_database(settings)
+    check_database(settings, migrated=True)
+    configure_logging(settings)  # after the checks: a misconfiguration is their one line only
     app = create_celery_app(settings)
     # NullPool: the reaper runs in the process that forks job children; keep no open socket.
     sessions = make_sessionmaker(make_engine(settings, pooled=False))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -112,3 +113,17 @@ def test_a_read_only_data_folder_is_one_line(tmp_path: Path) -> None:
         assert_one_line(done, "worker", f"CORRAL_DATA_DIR={folder}", "permission denied")
     finally:
         folder.chmod(0o700)
+
+
+@pytest.mark.parametrize("command", ["api", "worker"])
+def test_a_database_without_the_schema_says_run_migrate(command: str, data_dir: Path) -> None:
+    """`api` and `worker` do not migrate: an embedded database never made, or one not upgraded."""
+    port = [] if command == "worker" else ["--port", str(free_port())]
+    done = run_command([command, *port], data_dir)
+    assert_one_line(done, command, "CORRAL_DATABASE_URL=", "no Corral schema", "corral migrate")
+    assert not data_dir.exists()  # not even an empty database file
+    assert run_command(["migrate"], data_dir).returncode == 0
+    with sqlite3.connect(data_dir / "corral.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0000'")
+    done = run_command([command, *port], data_dir)
+    assert_one_line(done, command, "schema revision 0000", "corral migrate")
