@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from core.assign import hungarian
-from core.methods.kmeans import kmeans, lloyd
+from core.kmeans import kmeans, lloyd
 from core.runtime import upload
 
 

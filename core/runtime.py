@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import InvalidInput
+
 
 def pick_device(requested: str | torch.device | None) -> torch.device:
     """CUDA when present unless the caller says otherwise."""
@@ -20,7 +22,7 @@ def pick_device(requested: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but no CUDA device is available; use cpu or auto")
+        raise InvalidInput("device='cuda' was requested but no CUDA device is available; use cpu or auto")
     return device
 
 
