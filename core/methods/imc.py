@@ -25,6 +25,9 @@ Section numbers refer to docs/algorithms.md §2; the adaptations to arbitrary up
   the reference's test-batch warm-up, §2.9), replacing the crop statistics from training;
 - embeddings: the encoder features the classifier reads (512-d ResNet, 256-d VGG), so labels,
   centres and embeddings share one space; the projection only serves the prototype cosines.
+
+`train_imc` at the end is the whole run in order: set-up, resume, then per epoch one pass of
+training steps and one `end_epoch`; the functions above it are its step, views and read-out.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ images with the Hungarian algorithm (cost ‖z_i − t_j‖, §1.5), then takes 
 (§1.6). From the refinement epoch on, k-means on all embeddings gives fixed one-hot targets whose
 ids are aligned with the previous ones (§1.8). Cluster = nearest mixture mean (§1.9).
 Section numbers refer to docs/algorithms.md.
+
+`train_mmdc` at the end is the whole run in order: set-up, resume, then per epoch refine /
+rotate / cluster and one `end_epoch`; the functions above it are its steps, views and epochs.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ class MMDCState:
 
 
 def initial_state(images: torch.Tensor, config: ClusterConfig, plan: Plan, ctx: RunContext) -> MMDCState:
-    """A fresh network, SGD and targets for `images` (N, C, S, S); draws in the reference's order."""
+    """A fresh network (torch's global RNG initialises it), SGD, and targets drawn from ctx.generator."""
     n, channels, size = images.shape[0], images.shape[1], images.shape[-1]
     backbone = build_backbone(plan.backbone, channels, size, stem_pool="mmdc")
     model = prepare_model(MMDCNet(backbone, config.k, plan.rotation), ctx.device)
