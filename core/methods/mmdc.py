@@ -31,7 +31,7 @@ from core.data import augment
 from core.graphs import GraphedStep
 from core.methods.mmdc_plan import Plan, make_plan
 from core.models.backbones import build_backbone
-from core.models.mmdc_net import MMDCNet
+from core.models.mmdc_net import MMDCNet  # also the path models saved before it moved pickled
 from core.refine import kmeans_centres, kmeans_targets
 from core.runtime import (
     HostCopy,
@@ -295,7 +295,7 @@ def train_mmdc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> 
         started = time.perf_counter()
         refining = state.epoch >= plan.refine_epoch
         moved: dict[str, float] = {}
-        if refining:
+        if refining:  # from here on fixed k-means targets, and no Hungarian (§1.8)
             ctx.report("refine", state.epoch, plan.epochs)
             moved = refine(state, embed(), config, ctx.generator)
         rotation_loss = rotation_epoch(images, state, steps, plan, ctx) if plan.rotation else float("nan")
