@@ -2,7 +2,7 @@
 
 FLOPs are counted by torch's FlopCounterMode on one forward of the method's own network at its
 input sizes (2 FLOP per multiply-add); a training image costs 3 forwards (forward + backward),
-the usual approximation, which performance.md §0 confirms for ResNet-18 (1.111 vs 3.33 GFLOP).
+the usual approximation, which torch's FlopCounter confirms for ResNet-18 (1.111 vs 3.33 GFLOP).
 """
 
 from __future__ import annotations
