@@ -21,8 +21,7 @@ Responses = dict[int | str, dict[str, Any]]
 
 # The default reading of each status; a route adds its own cases through `problems(notes=...)`.
 DESCRIPTIONS: dict[int, str] = {
-    400: "A malformed request: a cursor this API did not return (invalid_cursor), "
-    "or a multipart body that cannot be parsed",
+    400: "A malformed request",
     401: "No valid API key (unauthorized); only once keys exist or are required",
     404: "No such job for this caller (job_not_found)",
     409: "The job's state does not allow this",
@@ -31,7 +30,7 @@ DESCRIPTIONS: dict[int, str] = {
     422: "Invalid input; `errors` lists the fields at fault when the fault is in a field",
     429: "Too many queued or running jobs for this key (too_many_active_jobs)",
     500: "The prediction process failed (prediction_failed)",
-    503: "The database or the job queue cannot be reached; retry after Retry-After",
+    503: "The database cannot be reached (database_unavailable); retry after Retry-After",
     504: "The model did not answer in time (prediction_timeout)",
 }
 
@@ -47,9 +46,12 @@ CURSOR = (
     "any other value answers 400 invalid_cursor"
 )
 
+BAD_CURSOR = {400: "a cursor this API did not return (invalid_cursor)"}
+BAD_MULTIPART = {400: "a multipart body that cannot be parsed"}
 NOT_SUCCEEDED = {409: "it has not succeeded, so it has no results (job_not_succeeded)"}
 
-# Every operation whose path has {job_id}, by operationId (the route function's name).
+# Every operation that needs only a job id, by operationId (the route function's name); a cluster's
+# images and a thumbnail also need ids that the result pages link to.
 JOB_OPERATIONS = (
     "get_job",
     "cancel_job",

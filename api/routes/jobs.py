@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from api import cursors
 from api.deps import CallerDep, JobDep, SessionDep, SettingsDep
 from api.errors import ProblemError, params_problem
-from api.openapi import CURSOR, job_links, json_part, problems
+from api.openapi import BAD_CURSOR, BAD_MULTIPART, CURSOR, job_links, json_part, problems
 from api.schemas import JobOut, JobPage, JobParams, job_out
 from api.submission import Submission, submit_job
 from store import blobs, jobs
@@ -34,11 +34,12 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
             "links": job_links("$response.body#/id"),
         },
         **problems(400, 401, 413, 415, 422, 429, 503, notes={
+            **BAD_MULTIPART,
             413: "the archive (archive-too-large) or the whole body (body-too-large)",
             422: "params (invalid_params); a corrupt archive, a zip bomb, too many entries, no "
             "readable image, fewer images than k (too_few_images); an Idempotency-Key reused "
             "for another request",
-            503: "database_unavailable, or broker_unavailable (the job was not kept)",
+            503: "also when the job queue cannot be (broker_unavailable; the job is not kept)",
         }),
     },
     # `params` is one JSON part; documenting it as the object lets a client (and a fuzzer) build it.
@@ -111,7 +112,7 @@ def _parse_params(raw: str) -> JobParams:
     response_model=JobPage,
     responses={
         200: {"links": job_links("$response.body#/items/0/id")},
-        **problems(400, 401, 422, 503),
+        **problems(400, 401, 422, 503, notes=BAD_CURSOR),
     },
 )
 def list_jobs(

@@ -5,17 +5,18 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from pathlib import Path as FilePath
+from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import cursors, exports
 from api.deps import JobDep, SessionDep
 from api.errors import ProblemError
-from api.openapi import CURSOR, NOT_SUCCEEDED, link, problems
+from api.openapi import BAD_CURSOR, CURSOR, NOT_SUCCEEDED, link, problems
 from api.schemas import AssignmentOut, AssignmentPage, ClusterOut, ClustersOut, ImageRef
 from core.config import MAX_K
 from store import results
@@ -41,7 +42,7 @@ def require_results(job: Job) -> None:
         )
 
 
-def require_artifact(job: Job, path: FilePath, code: str, title: str, detail: str) -> FilePath:
+def require_artifact(job: Job, path: Path, code: str, title: str, detail: str) -> Path:
     """A file a succeeded job keeps (embeddings, model); 404 for jobs that finished before it was kept."""
     require_results(job)
     if not path.is_file():
@@ -88,14 +89,15 @@ def list_clusters(job: JobDep, session: SessionDep) -> ClustersOut:
     responses={
         200: {"links": THUMBNAIL_OF_FIRST_ITEM},
         **problems(
-            400, 401, 404, 409, 422, 503, notes={404: "or it has no such cluster (cluster_not_found)", **NOT_SUCCEEDED}
+            400, 401, 404, 409, 422, 503,
+            notes={**BAD_CURSOR, 404: "or it has no such cluster (cluster_not_found)", **NOT_SUCCEEDED},
         ),
     },
 )
 def list_cluster_images(
     job: JobDep,
     session: SessionDep,
-    cluster: Annotated[int, Path(ge=0, lt=MAX_K, description="cluster id, 0 to k-1")],
+    cluster: Annotated[int, PathParam(ge=0, lt=MAX_K, description="cluster id, 0 to k-1")],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200, description=CURSOR)] = None,
 ) -> AssignmentPage:
@@ -132,7 +134,7 @@ def list_cluster_images(
             },
             "links": THUMBNAIL_OF_FIRST_ITEM,
         },
-        **problems(400, 401, 404, 409, 422, 503, notes=NOT_SUCCEEDED),
+        **problems(400, 401, 404, 409, 422, 503, notes={**BAD_CURSOR, **NOT_SUCCEEDED}),
     },
 )
 def list_assignments(
