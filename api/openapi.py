@@ -82,9 +82,12 @@ def problems(*statuses: int, notes: dict[int, str] | None = None) -> Responses:
     return out
 
 
-def job_links(job_id: str, operations: tuple[str, ...] = JOB_OPERATIONS) -> dict[str, Any]:
-    """OpenAPI links that carry a job id (a runtime expression) to the operations that take one."""
-    return {operation: {"operationId": operation, "parameters": {"job_id": job_id}} for operation in operations}
+def job_links(job_id: str) -> dict[str, Any]:
+    """OpenAPI links that carry a job id (a runtime expression) to every operation that needs one."""
+    links: dict[str, Any] = {}
+    for operation in JOB_OPERATIONS:
+        links |= link(operation, job_id=job_id)
+    return links
 
 
 def link(operation: str, **parameters: str) -> dict[str, Any]:
