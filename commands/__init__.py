@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from commands import api, demo, keys, migrate, serve, worker
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the service subcommands to `corral`'s parser."""
+    # Imported here, not at the top: `commands.ports` (tests, benchmarks) then loads no command.
+    from commands import api, demo, keys, migrate, serve, worker
+
     for command in (serve, api, worker, migrate, keys, demo):
         command.add_parser(subparsers)
