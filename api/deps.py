@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -11,21 +11,43 @@ from fastapi import Cookie, Depends, Header, Path, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ProblemError
+from api.seats import Seats
 from store import jobs, keys
 from store.models import Job
 from store.settings import Settings
 
+RELEASE = "corral.release_seat"  # session.info key of the request's seat release
 
-def get_settings(request: Request) -> Settings:
+
+# The dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in the
+# thread pool, one thread hop per dependency per request.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One session per request; routes commit what they change."""
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One session per request, opened once a database seat is free; routes commit what they change.
+
+    Async so that neither the wait for a seat nor the teardown needs a thread (see api/seats.py).
+    """
+    seats: Seats = request.app.state.seats
     factory: sessionmaker[Session] = request.app.state.sessions
-    with factory() as session:
+    release = await seats.take()
+    session = factory()
+    session.info[RELEASE] = release
+    try:
         yield session
+    finally:
+        close_session(session)
+
+
+def close_session(session: Session) -> None:
+    """Close a request's session and free its seat now (a long upload holds neither); event loop only."""
+    session.close()  # hands the connection back to the pool (a rollback, if one was open)
+    release = session.info.pop(RELEASE, None)
+    if release is not None:
+        release()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

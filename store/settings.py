@@ -24,6 +24,14 @@ class Settings(BaseSettings):
     # unless the URL sets its own. A worker forks no job child while its reaper is in a pass, so
     # an unreachable server must fail a pass in seconds, not after the system's TCP timeout.
     database_connect_timeout_s: Annotated[int, Field(ge=2)] = 10
+    # Pooled connections per process, and how many more it may open under load. The API lets at
+    # most pool + overflow requests hold a session at once (api/seats.py); two API processes of
+    # 20 and the workers stay well inside Postgres's default max_connections of 100.
+    database_pool_size: Annotated[int, Field(ge=1)] = 10
+    database_max_overflow: Annotated[int, Field(ge=0)] = 10
+    # How long a request waits for a connection before it is answered 503 with Retry-After:
+    # a saturated service says so at once instead of queueing every client for SQLAlchemy's 30 s.
+    database_wait_s: Annotated[float, Field(gt=0)] = 2.0
     queue_name: str = "corral"
 
     # Upload intake (see api/intake.py).
@@ -69,6 +77,10 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'corral.db'}"
         return self
+
+    @property
+    def database_connections(self) -> int:
+        return self.database_pool_size + self.database_max_overflow
 
     @property
     def is_sqlite(self) -> bool:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, Header, Query, Request, Response, Upl
 from pydantic import ValidationError
 
 from api import cursors
-from api.deps import CallerDep, JobDep, SessionDep, SettingsDep
+from api.deps import CallerDep, JobDep, SessionDep, SettingsDep, close_session
 from api.errors import ProblemError, params_problem
 from api.schemas import JobOut, JobPage, JobParams, Problem, job_out
 from api.submission import Submission, submit_job
@@ -55,7 +55,7 @@ async def create_job(
                 f"{settings.max_active_jobs_per_key}); wait for one to finish",
                 headers={"Retry-After": "30"},
             )
-    session.close()  # the upload can take minutes; hold no connection meanwhile
+    close_session(session)  # the upload can take minutes; hold no connection or seat meanwhile
     submission = Submission(parsed, archive, caller.key_id, idempotency_key)
     job, _ = await submit_job(
         submission,

@@ -84,3 +84,41 @@ def test_concurrent_reads_are_all_answered(live_settings: Settings, live_job: uu
     assert 200 in statuses  # served, not merely refused
     assert health and set(health) == {200}
     assert after.status_code == 200 and after.json()["id"] == str(live_job)
+
+
+def test_seats_refuse_with_retry_after_once_all_are_taken() -> None:
+    from api.errors import ProblemError
+    from api.seats import Seats
+
+    async def take_two() -> None:
+        seats = Seats(capacity=1, wait_s=0.05)
+        release = await seats.take()
+        with pytest.raises(ProblemError) as refused:
+            await seats.take()
+        assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
+        release()
+        release()  # a second release frees nothing more
+        again = await seats.take()
+        with pytest.raises(ProblemError):
+            await seats.take()
+        again()
+
+    asyncio.run(take_two())
+
+
+def test_a_pool_timeout_is_a_503_problem(live_settings: Settings, live_job: uuid.UUID) -> None:
+    """A connection held outside the seats (a stream, an upload) leaves none: 503, not a 500."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    starved = live_settings.model_copy(
+        update={"database_pool_size": 1, "database_max_overflow": 0, "database_wait_s": 0.1}
+    )
+    app = create_app(starved)
+    with TestClient(app) as client, app.state.engine.connect():
+        response = client.get(f"/jobs/{live_job}")
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["type"].endswith("service_busy")
