@@ -139,7 +139,7 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(PoolTimeout)
-    async def _pool_timeout(request: Request, exc: PoolTimeout) -> JSONResponse:
+    async def _pool_timeout(request: Request, exc: PoolTimeout) -> Response:
         # a connection taken outside the request seats (a stream, an upload) left none free
         log.warning("no database connection free within the pool timeout")
         return await _problem(request, busy())
