@@ -82,7 +82,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def wrk(url: str, connections: int, seconds: float, script: Path) -> dict[str, float]:
-    command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s",
+    command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds:g}s",
                "--timeout", "10s", "-s", str(script), url]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     raw = json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))

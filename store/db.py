@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from store.settings import Settings
+
+IDLE_PING_S = 5.0  # a pooled connection unused this long is pinged before it is handed out
+IDLE_SINCE = "corral.idle_since"  # connection record info key
 
 
 def make_engine(settings: Settings, *, pooled: bool = True) -> Engine:
@@ -36,7 +41,36 @@ def make_engine(settings: Settings, *, pooled: bool = True) -> Engine:
         return engine
     own_timeout = "connect_timeout" in make_url(url).query
     connect_args = {} if own_timeout else {"connect_timeout": settings.database_connect_timeout_s}
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    if pooled:
+        ping_after_idle(engine, IDLE_PING_S)
+    return engine
+
+
+def ping_after_idle(engine: Engine, idle_s: float) -> None:
+    """Ping a pooled connection at checkout only when it sat unused for `idle_s` or more.
+
+    `pool_pre_ping` pings at every checkout: one more round trip per request, which under load
+    costs more than the query. A connection in steady use is known good; one that sat idle may
+    have been cut (a server restart, a firewall), and a failed ping makes the pool open a fresh
+    one, as pre-ping would. A connection that breaks while busy fails its request with a 503.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_connection: Any, record: Any) -> None:
+        record.info[IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop(IDLE_SINCE, None)
+        if since is None or time.monotonic() - since < idle_s:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # any failure means this connection is gone
+            raise DisconnectionError() from error
+        if not alive:
+            raise DisconnectionError()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

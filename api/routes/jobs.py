@@ -118,7 +118,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problems(401, 404))
-def get_job(job: JobDep) -> JobOut:
+async def get_job(job: JobDep) -> JobOut:  # async: no I/O left, so no thread hop
     """State, progress, counts, params, timings, metrics and error of one job."""
     return job_out(job)
 
