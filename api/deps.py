@@ -12,12 +12,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ProblemError
+from api.key_presence import KeyPresence
 from api.seats import Seats
 from store import jobs, keys
+from store.db import reading
 from store.models import Job
 from store.settings import Settings
 
 RELEASE = "corral.release_seat"  # session.info key of the request's seat release
+READ_METHODS = frozenset({"GET", "HEAD"})  # no route answering these writes to the database
 
 
 # The dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in the
@@ -34,12 +37,15 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     """
     seats: Seats = request.app.state.seats
     factory: sessionmaker[Session] = request.app.state.sessions
+    read_only = request.method in READ_METHODS
     release = await seats.take()
-    session = factory()
+    session = (reading(factory) if read_only else factory)()
     session.info[RELEASE] = release
     try:
         yield session
     finally:
+        if not read_only and session.in_transaction():  # a ROLLBACK round trip: off the loop
+            await run_in_threadpool(session.close)
         close_session(session)
 
 
@@ -66,77 +72,94 @@ AuthorizationHeader = Annotated[str | None, Header()]
 KeyCookie = Annotated[str | None, Cookie()]
 
 
-def get_caller(
+@dataclass(frozen=True)
+class CallerLookup:
+    """Finds the caller when called: inside a route's own thread-pool call, not one more hop.
+
+    Without any key (and keys not required) everyone is the same anonymous caller. The header
+    wins; the `corral_key` cookie (HttpOnly, SameSite=Strict, set by /ui/key) lets the pages and
+    their same-origin fetches act with a key.
+    """
+
+    session: Session
+    settings: Settings
+    presence: KeyPresence
+    authorization: str | None
+    corral_key: str | None
+
+    def __call__(self) -> Caller:
+        if not self.settings.require_api_keys and not self.presence.any_keys(self.session):
+            return Caller(key_id=None)
+        scheme, _, token = (self.authorization or "").partition(" ")
+        if self.authorization is None and self.corral_key:
+            scheme, token = "bearer", self.corral_key
+        plain = token.strip()
+        found = keys.find_key(self.session, plain=plain) if scheme.lower() == "bearer" else None
+        if found is None:
+            raise ProblemError(
+                401,
+                "unauthorized",
+                "Unauthorized",
+                "send a valid API key as 'Authorization: Bearer KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return Caller(key_id=found.id)
+
+
+async def get_caller_lookup(
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     authorization: AuthorizationHeader = None,
     corral_key: KeyCookie = None,
-) -> Caller:
-    """The calling key (see `resolve_caller`)."""
-    return resolve_caller(session, settings, authorization, corral_key)
+) -> CallerLookup:
+    presence: KeyPresence = request.app.state.key_presence
+    return CallerLookup(session, settings, presence, authorization, corral_key)
 
 
-def resolve_caller(
-    session: Session, settings: Settings, authorization: str | None, corral_key: str | None
-) -> Caller:
-    """Without any key (and keys not required) everyone is the same anonymous caller.
+CallerLookupDep = Annotated[CallerLookup, Depends(get_caller_lookup)]
 
-    The header wins; the `corral_key` cookie (HttpOnly, SameSite=Strict, set by /ui/key) lets
-    the pages and their same-origin fetches act with a key.
-    """
-    if not settings.require_api_keys and not keys.any_keys(session):
-        return Caller(key_id=None)
-    scheme, _, token = (authorization or "").partition(" ")
-    if authorization is None and corral_key:
-        scheme, token = "bearer", corral_key
-    found = keys.find_key(session, plain=token.strip()) if scheme.lower() == "bearer" else None
-    if found is None:
-        raise ProblemError(
-            401,
-            "unauthorized",
-            "Unauthorized",
-            "send a valid API key as 'Authorization: Bearer KEY'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return Caller(key_id=found.id)
+
+async def get_caller(lookup: CallerLookupDep) -> Caller:
+    """The calling key, or 401."""
+    return await run_in_threadpool(lookup)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-async def get_job_or_404(
-    job_id: Annotated[str, Path(description="job id (UUID)")],
-    session: SessionDep,
-    settings: SettingsDep,
-    authorization: AuthorizationHeader = None,
-    corral_key: KeyCookie = None,
-) -> Job:
-    """The job of the path, visible to this caller; another key's job is as unknown as none.
+@dataclass(frozen=True)
+class JobLookup:
+    """Finds the job of the path, visible to the caller, when called (in the route's thread)."""
 
-    The caller and the job are read in one thread-pool call: each hop costs a request more than
-    either query does.
-    """
-    return await run_in_threadpool(
-        _visible_job, session, settings, authorization, corral_key, job_id
-    )
+    caller: CallerLookup
+    job_id: str
+
+    def __call__(self) -> Job:
+        caller = self.caller()
+        try:
+            parsed = uuid.UUID(self.job_id)
+        except ValueError:
+            parsed = None
+        job = jobs.get_job(self.caller.session, job_id=parsed) if parsed else None
+        if job is None or (caller.key_id is not None and job.owner_id != caller.key_id):
+            detail = f"no job with id {self.job_id!r}"
+            raise ProblemError(404, "job_not_found", "Job not found", detail)
+        return job
 
 
-def _visible_job(
-    session: Session,
-    settings: Settings,
-    authorization: str | None,
-    corral_key: str | None,
-    job_id: str,
-) -> Job:
-    caller = resolve_caller(session, settings, authorization, corral_key)
-    try:
-        parsed = uuid.UUID(job_id)
-    except ValueError:
-        parsed = None
-    job = jobs.get_job(session, job_id=parsed) if parsed else None
-    if job is None or (caller.key_id is not None and job.owner_id != caller.key_id):
-        raise ProblemError(404, "job_not_found", "Job not found", f"no job with id {job_id!r}")
-    return job
+async def get_job_lookup(
+    job_id: Annotated[str, Path(description="job id (UUID)")], caller: CallerLookupDep
+) -> JobLookup:
+    return JobLookup(caller, job_id)
+
+
+JobLookupDep = Annotated[JobLookup, Depends(get_job_lookup)]
+
+
+async def get_job_or_404(lookup: JobLookupDep) -> Job:
+    """The job of the path; another key's job is as unknown as none. Caller and job: one hop."""
+    return await run_in_threadpool(lookup)
 
 
 JobDep = Annotated[Job, Depends(get_job_or_404)]

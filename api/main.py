@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from api import errors
 from api.headers import NoSniff
 from api.intake import IntakeError, problem_body
+from api.key_presence import KeyPresence
 from api.limits import BodySizeLimit
 from api.routes import exports, health, jobs, predict, results, ui
 from api.seats import Seats
@@ -54,7 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_sessionmaker(engine)
     app.state.celery = make_celery(settings)
     app.state.predict_slots = asyncio.Semaphore(settings.predict_concurrency)
-    app.state.seats = Seats(settings.database_connections, settings.database_wait_s)
+    app.state.seats = Seats(settings.database_pool_size, settings.database_wait_s)
+    app.state.key_presence = KeyPresence()
     errors.install(app)
     app.add_exception_handler(IntakeError, _intake_error)  # type: ignore[arg-type]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK)
@@ -69,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def size_thread_pool(settings: Settings) -> None:
     """More threads than seats, so seated requests always find a thread and others still do."""
     limiter = anyio.to_thread.current_default_thread_limiter()
-    limiter.total_tokens = max(limiter.total_tokens, settings.database_connections + THREAD_HEADROOM)
+    limiter.total_tokens = max(limiter.total_tokens, settings.database_pool_size + THREAD_HEADROOM)
 
 
 async def _intake_error(request: Request, exc: IntakeError) -> JSONResponse:

@@ -27,10 +27,11 @@ class Seats:
     async def take(self) -> Callable[[], None]:
         """Wait up to `wait_s` for a seat; returns its release (idempotent, event loop only)."""
         if not self._free.locked():
-            await self._free.acquire()  # free now: skip wait_for's task
+            await self._free.acquire()  # one is free: returns at once, no timer to arm
         else:
             try:
-                await asyncio.wait_for(self._free.acquire(), self.wait_s)
+                async with asyncio.timeout(self.wait_s):  # a timer, not wait_for's task
+                    await self._free.acquire()
             except TimeoutError:
                 raise busy() from None
         released = False

@@ -82,32 +82,51 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def wrk(url: str, connections: int, seconds: float, script: Path) -> dict[str, float]:
-    command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds:g}s",
+    command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                "--timeout", "10s", "-s", str(script), url]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     raw = json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))
     seconds_run = raw["duration_us"] / 1e6
     return {
-        "rps_2xx": (raw["requests"] - raw["non2xx"]) / seconds_run, "requests": raw["requests"],
+        "rps_2xx": (raw["requests"] - raw["non2xx"]) / seconds_run, "seconds": seconds_run,
+        "requests": raw["requests"],
         "non2xx": raw["non2xx"], "socket_errors": raw["socket_errors"], "timeouts": raw["timeouts"],
         "p50_ms": raw["p50_us"] / 1000, "p99_ms": raw["p99_us"] / 1000, "max_ms": raw["max_us"] / 1000,
     }
 
 
 def measure(ports: dict[str, int], paths: dict[str, str], levels: list[int], seconds: float,
-            script: Path) -> list[dict[str, object]]:
+            rounds: int, script: Path) -> list[dict[str, object]]:
+    """Each cell alternates peer and Corral `rounds` times (order flipped every round), so that
+    the machine's other load falls on both alike; counts are summed, p99 is the worst round's."""
     cells: list[dict[str, object]] = []
     for name, path in paths.items():
         for connections in levels:
+            runs: dict[str, list[dict[str, float]]] = {app: [] for app in ports}
+            for round_ in range(rounds):
+                order = list(ports.items()) if round_ % 2 == 0 else list(reversed(ports.items()))
+                for app, port in order:
+                    url = f"http://127.0.0.1:{port}{path}"
+                    runs[app].append(wrk(url, connections, seconds / rounds, script))
             cell: dict[str, object] = {"endpoint": name, "connections": connections}
-            for app, port in ports.items():
-                cell[app] = wrk(f"http://127.0.0.1:{port}{path}", connections, seconds, script)
-            peer, corral = cell["peer"], cell["corral"]
-            assert isinstance(peer, dict) and isinstance(corral, dict)
-            cell["ratio"] = corral["rps_2xx"] / peer["rps_2xx"] if peer["rps_2xx"] else None
+            cell.update({app: combine(app_runs) for app, app_runs in runs.items()})
+            peer, corral = runs["peer"], runs["corral"]
+            ok = sum(r["rps_2xx"] * r["seconds"] for r in corral) / sum(r["seconds"] for r in corral)
+            base = sum(r["rps_2xx"] * r["seconds"] for r in peer) / sum(r["seconds"] for r in peer)
+            cell["ratio"] = ok / base if base else None
             print(json.dumps(cell), flush=True)
             cells.append(cell)
     return cells
+
+
+def combine(runs: list[dict[str, float]]) -> dict[str, float]:
+    seconds = sum(r["seconds"] for r in runs)
+    return {
+        "rps_2xx": sum(r["rps_2xx"] * r["seconds"] for r in runs) / seconds, "seconds": seconds,
+        **{key: sum(r[key] for r in runs) for key in ("requests", "non2xx", "socket_errors", "timeouts")},
+        "p50_ms": sorted(r["p50_ms"] for r in runs)[len(runs) // 2],
+        **{key: max(r[key] for r in runs) for key in ("p99_ms", "max_ms")},
+    }
 
 
 def machine() -> str:
@@ -125,7 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=1, help="uvicorn processes per app")
     parser.add_argument("--connections", default="8,64,256", help="wrk connection counts")
-    parser.add_argument("--seconds", type=float, default=5.0, help="per cell and app")
+    parser.add_argument("--seconds", type=float, default=6.0, help="per cell and app, all rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of peer and Corral")
     parser.add_argument("--out", type=Path, default=Path("bench/results/api_throughput_w1.json"))
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -148,14 +168,14 @@ def main() -> None:
                          "GET /jobs/{id}/clusters": f"/jobs/{job_id}/clusters", "GET /jobs": "/jobs"}
                 for port in ports.values():  # warm both: imports, pools, first queries
                     wrk(f"http://127.0.0.1:{port}/jobs/{job_id}", 8, 1, script)
-                cells = measure(ports, paths, levels, args.seconds, script)
+                cells = measure(ports, paths, levels, args.seconds, args.rounds, script)
             finally:
                 for server in servers:
                     stop(server)
     finally:
         drop_database(name)
     report = {"machine": machine(), "commit": commit(), "workers": args.workers,
-              "seconds_per_cell": args.seconds, "tool": "wrk, closed loop, 2 threads", "cells": cells,
+              "seconds_per_cell": args.seconds, "rounds": args.rounds, "tool": "wrk, closed loop, 2 threads", "cells": cells,
               "min_ratio": min(c["ratio"] for c in cells if isinstance(c["ratio"], float))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -21,7 +21,7 @@ from store.models import Cluster, Job
 
 
 def create_peer_app() -> FastAPI:
-    engine = create_engine(os.environ["CORRAL_DATABASE_URL"], pool_size=10, max_overflow=10)
+    engine = create_engine(os.environ["CORRAL_DATABASE_URL"], pool_size=20, max_overflow=10)
     app = FastAPI()
 
     @app.get("/health")
