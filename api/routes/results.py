@@ -64,7 +64,7 @@ async def list_clusters(find_job: JobLookupDep, session: SessionDep) -> Clusters
 
 
 def _clusters(find_job: JobLookup, session: Session) -> tuple[Job, list[Cluster]]:
-    job = find_job()
+    job = find_job(Job.state)
     require_results(job)
     return job, results.list_clusters(session, job_id=job.id)
 
