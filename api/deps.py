@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Cookie, Depends, Header, Path, Request
-from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ProblemError
@@ -127,6 +127,13 @@ async def get_caller(lookup: CallerLookupDep) -> Caller:
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
+class Owned(Protocol):
+    @property
+    def owner_id(self) -> uuid.UUID | None: ...
+
+
+OwnedT = TypeVar("OwnedT", bound=Owned)
+
 @dataclass(frozen=True)
 class JobLookup:
     """Finds the job of the path, visible to the caller, when called (in the route's thread)."""
@@ -134,19 +141,24 @@ class JobLookup:
     caller: CallerLookup
     job_id: str
 
-    def __call__(self, *only: InstrumentedAttribute[Any]) -> Job:
-        """The job; `only` loads just those columns and the owner (the JSON ones cost most)."""
+    def __call__(self) -> Job:
+        return self.read(lambda session, job_id: jobs.get_job(session, job_id=job_id))
+
+    def read(self, fetch: Callable[[Session, uuid.UUID], OwnedT | None]) -> OwnedT:
+        """`fetch(session, job_id)`: the job or what a route reads with it, or None; else 404.
+
+        Another key's job is as unknown as none.
+        """
         caller = self.caller()
         try:
             parsed = uuid.UUID(self.job_id)
         except ValueError:
             parsed = None
-        columns = (Job.owner_id, *only) if only else ()
-        job = jobs.get_job(self.caller.session, job_id=parsed, only=columns) if parsed else None
-        if job is None or (caller.key_id is not None and job.owner_id != caller.key_id):
+        found = fetch(self.caller.session, parsed) if parsed else None
+        if found is None or (caller.key_id is not None and found.owner_id != caller.key_id):
             detail = f"no job with id {self.job_id!r}"
             raise ProblemError(404, "job_not_found", "Job not found", detail)
-        return job
+        return found
 
 
 async def get_job_lookup(

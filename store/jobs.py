@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import delete, func, insert, or_, select, update
-from sqlalchemy.orm import InstrumentedAttribute, Session, load_only
+from sqlalchemy.orm import Session
 
 from store.models import ACTIVE_STATES, Image, Job, JobState, utcnow
 
@@ -82,16 +82,8 @@ def create_job(
     return job
 
 
-def get_job(
-    session: Session,
-    *,
-    job_id: uuid.UUID,
-    refresh: bool = False,
-    only: Sequence[InstrumentedAttribute[Any]] = (),
-) -> Job | None:
-    """The job row; `only` loads just those columns (a route that needs its state, not its JSON)."""
-    options = [load_only(*only)] if only else None
-    return session.get(Job, job_id, populate_existing=refresh, options=options)
+def get_job(session: Session, *, job_id: uuid.UUID, refresh: bool = False) -> Job | None:
+    return session.get(Job, job_id, populate_existing=refresh)
 
 
 def list_jobs(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
@@ -19,14 +20,21 @@ from api.errors import ProblemError
 from api.routes.jobs import problems
 from api.schemas import AssignmentOut, AssignmentPage, ClustersOut
 from store import results
-from store.models import Cluster, Job, JobState
+from store.models import Job, JobState
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 
 CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # spreadsheet formula triggers (OWASP)
 
 
-def require_results(job: Job) -> None:
+class Stated(Protocol):
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def state(self) -> str: ...
+
+
+def require_results(job: Stated) -> None:
     if job.state != JobState.SUCCEEDED:
         raise ProblemError(
             409,
@@ -49,7 +57,7 @@ def require_artifact(job: Job, path: Path, code: str, title: str, detail: str) -
 async def list_clusters(find_job: JobLookupDep, session: SessionDep) -> ClustersOut:
     """Every cluster: size, mean confidence and its most confident images."""
     # async, all its reads in one thread-pool call: each hop costs more under load than a query
-    job, rows = await run_in_threadpool(_clusters, find_job, session)
+    found = await run_in_threadpool(_clusters, find_job, session)
     clusters = [
         {
             "id": row.cluster,
@@ -57,16 +65,16 @@ async def list_clusters(find_job: JobLookupDep, session: SessionDep) -> Clusters
             "mean_confidence": row.mean_confidence,
             "representatives": row.representatives,
         }
-        for row in rows
+        for row in found.clusters
     ]
     # one validation of plain data: pydantic-core builds the nested models faster than Python
-    return ClustersOut.model_validate({"job_id": job.id, "k": len(clusters), "clusters": clusters})
+    return ClustersOut.model_validate({"job_id": found.id, "k": len(clusters), "clusters": clusters})
 
 
-def _clusters(find_job: JobLookup, session: Session) -> tuple[Job, list[Cluster]]:
-    job = find_job(Job.state)
-    require_results(job)
-    return job, results.list_clusters(session, job_id=job.id)
+def _clusters(find_job: JobLookup, session: Session) -> results.JobClusters:
+    found = find_job.read(lambda session, job_id: results.job_clusters(session, job_id=job_id))
+    require_results(found)
+    return found
 
 
 @router.get(
