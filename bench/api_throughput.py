@@ -175,7 +175,8 @@ def main() -> None:
     finally:
         drop_database(name)
     report = {"machine": machine(), "commit": commit(), "workers": args.workers,
-              "seconds_per_cell": args.seconds, "rounds": args.rounds, "tool": "wrk, closed loop, 2 threads", "cells": cells,
+              "seconds_per_cell": args.seconds, "rounds": args.rounds,
+              "tool": "wrk, closed loop, 2 threads", "cells": cells,
               "min_ratio": min(c["ratio"] for c in cells if isinstance(c["ratio"], float))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
