@@ -45,7 +45,15 @@ class Connections:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def get(self, path: str) -> int:
-        reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        if self.idle:  # the server may have closed it (keep-alive timeout): then once more, fresh
+            try:
+                return await self._get(path, self.idle.pop())
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+        return await self._get(path, await asyncio.open_connection(self.host, self.port))
+
+    async def _get(self, path: str, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> int:
+        reader, writer = connection
         try:
             writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
             await writer.drain()
@@ -74,6 +82,8 @@ class Offered:
     lag_s: list[float] = field(default_factory=list)  # how late the client sent each GET
     job_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    due: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # GETs only
+    uploads_done: float = 0.0  # when the last upload was answered (loop time)
 
     async def call(self, client: httpx.AsyncClient, name: str, due: float, method: str, url: str,
                    **kw: object) -> httpx.Response | None:
@@ -97,6 +107,7 @@ class Offered:
             self.errors[name] += 1
             return
         self.latencies[name].append(loop.time() - due)
+        self.due[name].append(due)
         self.statuses[name][status] += 1
 
 
@@ -115,6 +126,7 @@ async def offer(base: str, *, rate: float, duration: float, uploads: int, finish
                                        files=files, data=data)
             if response is not None and response.status_code == 202:
                 seen.job_ids.append(response.json()["id"])
+            seen.uploads_done = max(seen.uploads_done, loop.time())
 
         def path(i: int) -> str:
             job = seen.job_ids[i % len(seen.job_ids)] if seen.job_ids and i % 8 == 1 else finished
@@ -147,7 +159,14 @@ def summary(seen: Offered) -> dict[str, object]:
         for name, values in seen.latencies.items()
     }
     gets = [_percentile(seen.latencies[name], 0.99) for name in READS if name in seen.latencies]
+    after = [  # the GETs offered once every upload had its answer
+        latency for name in READS
+        for latency, due in zip(seen.latencies[name], seen.due[name], strict=True)
+        if due > seen.uploads_done
+    ]
     five_xx = sum(n for codes in seen.statuses.values() for code, n in codes.items() if code >= 500)
     return {"endpoints": endpoints, "worst_get_p99_ms": max(gets) if gets else None, "5xx": five_xx,
             "connection_errors": sum(seen.errors.values()), "load_seconds": seen.seconds,
-            "client_lag_p99_ms": _percentile(seen.lag_s, 0.99) if seen.lag_s else None}
+            "client_lag_p99_ms": _percentile(seen.lag_s, 0.99) if seen.lag_s else None,
+            "gets_after_uploads": {"requests": len(after), "p50_ms": _percentile(after, 0.5) if after else None,
+                                   "p99_ms": _percentile(after, 0.99) if after else None}}
