@@ -23,7 +23,7 @@ from api.deps import (
     close_session,
 )
 from api.errors import ProblemError, params_problem
-from api.schemas import JobOut, JobPage, JobParams, Problem, job_out
+from api.schemas import JobOut, JobPage, JobParams, Problem, job_out, job_view
 from api.submission import Submission, submit_job
 from store import blobs, jobs
 from store.models import Job, JobState
@@ -125,7 +125,7 @@ async def list_jobs(
     next_cursor = (
         cursors.encode(page[-1].created_at.isoformat(), str(page[-1].id)) if more else None
     )
-    return JobPage(items=[job_out(job) for job in page], next_cursor=next_cursor)
+    return JobPage.model_validate({"items": [job_view(job) for job in page], "next_cursor": next_cursor})
 
 
 def _page(
