@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import errors
+from api import errors, methods, openapi
 from api.headers import NoSniff
 from api.intake import IntakeError, problem_body
 from api.key_presence import KeyPresence
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Unsupervised image clustering as a service (MMDC, IMC-SwAV, k-means)",
         version="0.1.0",
         lifespan=lifespan,
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.seats = Seats(settings.database_pool_size, settings.database_wait_s)
     app.state.key_presence = KeyPresence()
     errors.install(app)
+    app.add_exception_handler(405, methods.method_not_allowed)  # type: ignore[arg-type]
+    openapi.install(app)
     app.add_exception_handler(IntakeError, _intake_error)  # type: ignore[arg-type]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK)
     routers = (health.router, jobs.router, results.router, exports.router, predict.router, ui.router)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Protocol
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -17,13 +18,18 @@ from starlette.concurrency import run_in_threadpool
 from api import cursors, exports
 from api.deps import JobDep, JobLookup, JobLookupDep, SessionDep
 from api.errors import ProblemError
-from api.routes.jobs import problems
+from api.openapi import BAD_CURSOR, CURSOR, NOT_SUCCEEDED, link, problems
 from api.schemas import AssignmentOut, AssignmentPage, ClustersOut
+from core.config import MAX_K
 from store import results
 from store.models import Job, JobState
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 
+# A page's first image to its thumbnail (a stateful client follows it with a real image id).
+THUMBNAIL_OF_FIRST_ITEM = link(
+    "get_thumbnail", job_id="$request.path.job_id", image_id="$response.body#/items/0/image_id"
+)
 CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # spreadsheet formula triggers (OWASP)
 
 
@@ -53,7 +59,23 @@ def require_artifact(job: Job, path: Path, code: str, title: str, detail: str) -
     return path
 
 
-@router.get("/clusters", response_model=ClustersOut, responses=problems(401, 404, 409))
+@router.get(
+    "/clusters",
+    response_model=ClustersOut,
+    responses={
+        200: {
+            "links": {
+                **link("list_cluster_images", job_id="$request.path.job_id", cluster="$response.body#/clusters/0/id"),
+                **link(
+                    "get_thumbnail",
+                    job_id="$request.path.job_id",
+                    image_id="$response.body#/clusters/0/representatives/0/image_id",
+                ),
+            }
+        },
+        **problems(401, 404, 409, 503, notes=NOT_SUCCEEDED),
+    },
+)
 async def list_clusters(find_job: JobLookupDep, session: SessionDep) -> ClustersOut:
     """Every cluster: size, mean confidence and its most confident images."""
     # async, all its reads in one thread-pool call: each hop costs more under load than a query
@@ -80,14 +102,20 @@ def _clusters(find_job: JobLookup, session: Session) -> results.JobClusters:
 @router.get(
     "/clusters/{cluster}/images",
     response_model=AssignmentPage,
-    responses=problems(400, 401, 404, 409),
+    responses={
+        200: {"links": THUMBNAIL_OF_FIRST_ITEM},
+        **problems(
+            400, 401, 404, 409, 422, 503,
+            notes={**BAD_CURSOR, 404: "or it has no such cluster (cluster_not_found)", **NOT_SUCCEEDED},
+        ),
+    },
 )
 def list_cluster_images(
     job: JobDep,
     session: SessionDep,
-    cluster: int,
+    cluster: Annotated[int, PathParam(ge=0, lt=MAX_K, description="cluster id, 0 to k-1")],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, description=CURSOR)] = None,
 ) -> AssignmentPage:
     """Members of one cluster, highest confidence first."""
     require_results(job)
@@ -97,8 +125,8 @@ def list_cluster_images(
         )
     after = None
     if cursor:
-        confidence, seq = cursors.decode(cursor, arity=2)
-        after = (float(confidence), int(seq))
+        confidence, seq = cursors.decode(cursor, float, cursors.position)
+        after = (confidence, seq)
     rows = results.list_cluster_members(
         session, job_id=job.id, cluster=cluster, after=after, limit=limit + 1
     )
@@ -119,9 +147,10 @@ def list_cluster_images(
                 "text/csv": {},
                 "application/x-ndjson": {},
                 "application/vnd.apache.parquet": {},
-            }
+            },
+            "links": THUMBNAIL_OF_FIRST_ITEM,
         },
-        **problems(400, 401, 404, 409),
+        **problems(400, 401, 404, 409, 422, 503, notes={**BAD_CURSOR, **NOT_SUCCEEDED}),
     },
 )
 def list_assignments(
@@ -129,14 +158,14 @@ def list_assignments(
     job: JobDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, description=CURSOR)] = None,
     format: Annotated[Literal["json", "csv", "jsonl", "parquet"], Query()] = "json",
 ) -> AssignmentPage | StreamingResponse:
     """Every image's cluster in upload order; `format=csv|jsonl|parquet` gives the whole set."""
     require_results(job)
     if format != "json":
         return _export(request.app.state.sessions, job, format)
-    after = int(cursors.decode(cursor, arity=1)[0]) if cursor else None
+    after = cursors.decode(cursor, cursors.position)[0] if cursor else None
     rows = results.list_assignments(session, job_id=job.id, after_seq=after, limit=limit + 1)
     page, more = rows[:limit], len(rows) > limit
     return AssignmentPage(
