@@ -19,14 +19,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
-import httpx
-
 import migrations
-from bench.service import drop_database, fresh_database, write_big_job
+from bench.service import drop_database, fresh_database, healthy, write_big_job
 from store import jobs
 from store.db import make_engine, make_sessionmaker, transaction
 from store.settings import Settings
@@ -61,15 +58,10 @@ def serve(target: str, port: int, workers: int, env: dict[str, str]) -> subproce
     command = [sys.executable, "-m", "uvicorn", "--factory", target, "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
     process = subprocess.Popen(command, env=env, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    stop(process)
-    raise RuntimeError(f"{target} did not start")
+    if not healthy(port):
+        stop(process)
+        raise RuntimeError(f"{target} did not start")
+    return process
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url
@@ -87,7 +87,11 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-@lru_cache(maxsize=8)
+_READING: weakref.WeakKeyDictionary[sessionmaker[Session], sessionmaker[Session]] = (
+    weakref.WeakKeyDictionary()  # one per factory, gone with it (an app's engine is not kept alive)
+)
+
+
 def reading(factory: sessionmaker[Session]) -> sessionmaker[Session]:
     """Sessions for read-only work: each statement commits on its own (AUTOCOMMIT).
 
@@ -96,10 +100,14 @@ def reading(factory: sessionmaker[Session]) -> sessionmaker[Session]:
     sees its own snapshot inside a transaction too. Never for writes. A factory bound to a
     connection (the tests' rolled-back transaction) is returned as it is.
     """
-    bind = factory.kw.get("bind")
-    if not isinstance(bind, Engine):
-        return factory
-    return sessionmaker(bind=bind.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+    found = _READING.get(factory)
+    if found is None:
+        bind = factory.kw.get("bind")
+        if not isinstance(bind, Engine):
+            return factory
+        autocommit = bind.execution_options(isolation_level="AUTOCOMMIT")
+        found = _READING[factory] = sessionmaker(bind=autocommit, expire_on_commit=False)
+    return found
 
 
 @contextmanager

@@ -69,3 +69,22 @@ def test_an_idle_connection_cut_by_the_server_is_replaced_at_checkout(
     admin.dispose()
     assert _backend_pid(engine) != first  # the ping failed, the pool opened a fresh connection
     engine.dispose()
+
+
+def test_reading_sessions_run_without_a_transaction(pg_url: str, tmp_path: Path) -> None:
+    """GET requests' sessions: AUTOCOMMIT (no BEGIN/ROLLBACK); others and the tests' bound ones as they are."""
+    from sqlalchemy.orm import sessionmaker
+
+    from store.db import make_sessionmaker, reading
+
+    engine = make_engine(Settings(data_dir=tmp_path, database_url=pg_url))
+    factory = make_sessionmaker(engine)
+    for sessions, autocommit in ((reading(factory), True), (factory, False)):
+        with sessions() as session:
+            session.execute(text("select 1"))
+            assert session.connection().connection.dbapi_connection.autocommit is autocommit
+    assert reading(factory) is reading(factory)
+    with engine.connect() as connection:
+        bound = sessionmaker(bind=connection)
+        assert reading(bound) is bound
+    engine.dispose()
