@@ -44,6 +44,7 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 class Synthetic:
     path: str
     blob_name: str
+    blob_offset: int | None = None
     size_bytes: int = 100
     width: int = 16
     height: int = 16

@@ -34,7 +34,7 @@ def assert_nothing_left(session: Session, settings: Settings) -> None:
 
 
 def test_post_job_answers_202_with_location_and_records_images(
-    submit: Submit, client: TestClient, settings: Settings
+    submit: Submit, client: TestClient, settings: Settings, session: Session
 ) -> None:
     response = submit(params={"k": 3, "method": "kmeans", "name": "colours"})
     assert response.status_code == 202, response.text
@@ -43,7 +43,13 @@ def test_post_job_answers_202_with_location_and_records_images(
     assert body["state"] == "queued" and body["name"] == "colours"
     assert body["counts"]["images"] == 30 and body["params"]["k"] == 3
     assert client.get(response.headers["location"]).json()["id"] == body["id"]
-    assert len(list(blobs.images_dir(settings, uuid.UUID(body["id"])).iterdir())) == 30
+    job_id = uuid.UUID(body["id"])
+    assert [p.name for p in blobs.images_dir(settings, job_id).iterdir()] == [blobs.PACK_NAME]
+    stored = [
+        blobs.read_image(settings, job_id, blob_name=r.blob_name, offset=r.blob_offset, size=r.size_bytes)
+        for r in jobs.list_images(session, job_id=job_id)
+    ]
+    assert len(stored) == 30 and all(data.startswith(b"\x89PNG\r\n\x1a\n") for data in stored)
     assert not blobs.upload_path(settings, uuid.UUID(body["id"])).exists()
     assert len(list((settings.broker_dir / "queue").iterdir())) == 1  # enqueued
 

@@ -15,6 +15,7 @@ from store.settings import Settings
 class FakeImage:
     path: str
     blob_name: str
+    blob_offset: int | None = None
     size_bytes: int = 10
     width: int = 16
     height: int = 16
