@@ -41,9 +41,9 @@ PARAMS = '{"k": 10, "method": "kmeans"}'
 
 # Leaf-first: the first frame of a sampled stack that matches names the step it belongs to.
 STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("image checks (Pillow open/decode)", ("/PIL/",)),
-    ("database insert", ("/sqlalchemy/", "/psycopg/", "sqlite3", "store/jobs.py")),
-    ("multipart parse + spooling", ("/multipart/", "formparsers.py", "tempfile.py", "datastructures.py")),
+    ("image checks (Pillow open/decode)", ("PIL/",)),
+    ("database insert", ("sqlalchemy/", "psycopg/", "sqlite3", "store/jobs.py")),
+    ("multipart parse + spooling", ("multipart/", "formparsers.py", "tempfile.py", "datastructures.py")),
     ("upload copy + hash", ("save_upload", "_chunks", "hashlib")),
     ("zip reads + byte meter", ("zipfile", "tarfile", "archive_readers.py", "archives.py", "zlib")),
     ("per-image file writes", ("_write", "os.py", "batches.py", "pathlib.py")),
@@ -149,7 +149,7 @@ def upload_once(tree: Path, archive: Path, database_url: str, profile: Path | No
     body = response.json()
     return {
         "status": response.status_code, "seconds_to_answer": round(seconds, 3),
-        "n_images": body.get("n_images"), "rss_idle_mb": round(rss_idle, 1),
+        "n_images": body.get("counts", {}).get("images"), "rss_idle_mb": round(rss_idle, 1),
         "rss_peak_mb": round(peak, 1),
     }
 
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 70_000])
     parser.add_argument("--base", help="also measure this commit's tree (the 'before')")
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"])
-    parser.add_argument("--profile", action="store_true", help="one py-spy pass per tree (largest size, SQLite)")
+    parser.add_argument("--profile", choices=["sqlite", "postgres"], help="one py-spy pass per tree, largest size")
     parser.add_argument("--out", type=Path, default=Path("bench/results/upload.json"))
     args = parser.parse_args()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -203,7 +203,7 @@ def main() -> None:
             out["profile"] = {}
             for label, tree in trees.items():
                 raw = OUT / f"profile-{label}.txt"
-                upload_once(tree, largest, "", raw)
+                upload_once(tree, largest, pg_url if args.profile == "postgres" else "", raw)
                 out["profile"][label] = steps(raw)  # type: ignore[index]
                 print(label, json.dumps(out["profile"][label], indent=1), flush=True)  # type: ignore[index]
     finally:

@@ -463,6 +463,20 @@ def test_intake_broken_images_skipped_and_rest_accepted(tmp_path: Path, dest: Pa
     assert_pack_holds_only_accepted(dest, result, members)
 
 
+def test_intake_checks_large_members_from_the_pack_and_cuts_skipped_ones(
+    tmp_path: Path, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Members too big to keep in memory are checked from the pack, through a slice of it."""
+    monkeypatch.setattr("api.intake.VERIFY_IN_MEMORY_BYTES", 1_000)
+    whole = noisy_png(64)
+    assert len(whole) > 1_000
+    members = {"a.png": whole, "cut.png": whole[: len(whole) // 2], "b.png": noisy_png(64, seed=1)}
+    result = extract_images(write_zip(tmp_path / "large.zip", members), dest, LIMITS)
+    assert [(image.path, image.width) for image in result.images] == [("a.png", 64), ("b.png", 64)]
+    assert reasons(result.skipped) == {"cut.png": "truncated_image"}
+    assert_pack_holds_only_accepted(dest, result, members)
+
+
 def test_intake_member_over_the_member_cap_is_skipped(tmp_path: Path, dest: Path) -> None:
     members = {"a.png": png(), "big.png": random.Random(4).randbytes(3 << 20)}  # cap: 2 MiB
     result = extract_images(write_zip(tmp_path / "big.zip", members), dest, LIMITS)
