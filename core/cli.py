@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from core.config import DEFAULT_METHOD, METHOD_NAMES, ClusterConfig
+from core.errors import InvalidInput
 from core.result import Progress
 
 
@@ -68,7 +69,7 @@ def run_cluster(args: argparse.Namespace) -> int:
     for path, reason in image_set.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not image_set.paths:
-        raise ValueError(f"no readable image in {args.path}")
+        raise InvalidInput(f"no readable image in {args.path}")
     bar = None if args.quiet else ProgressBar()
     result = cluster(image_set.images, config, labels=image_set.labels, device=args.device,
                      on_progress=bar, checkpoint=args.checkpoint)
