@@ -110,9 +110,10 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def start_api(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def start_api(env: dict[str, str], port: int, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """`corral api` (from the source tree `cwd`, default this one), once /health answers."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "api", "--port", str(port)],
+        [sys.executable, "-m", "worker.cli", "api", "--port", str(port)], cwd=cwd,
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     deadline = time.monotonic() + 60

@@ -30,6 +30,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench import service
 from bench.datasets import read_idx
 from bench.service import drop_database, fresh_database
 from worker.cli import free_port, stop_process_group
@@ -45,7 +46,7 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("database insert", ("sqlalchemy/", "psycopg/", "sqlite3", "store/jobs.py")),
     ("multipart parse + spooling", ("multipart/", "formparsers.py", "tempfile.py", "datastructures.py")),
     ("upload copy + hash", ("save_upload", "_chunks", "hashlib")),
-    ("zip reads + byte meter", ("zipfile", "tarfile", "archive_readers.py", "archives.py", "zlib")),
+    ("zip reads + byte meter", ("zipfile", "tarfile", "zips.py", "archive_readers.py", "archives.py", "zlib")),
     ("per-image file writes", ("_write", "os.py", "batches.py", "pathlib.py")),
     ("intake bookkeeping (screens, paths)", ("intake.py",)),
     ("job folder cleanup", ("shutil.py",)),
@@ -99,19 +100,7 @@ def api_env(tree: Path, data_dir: Path, database_url: str) -> dict[str, str]:
 def start_api(tree: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     subprocess.run([sys.executable, "-m", "worker.cli", "migrate"], cwd=tree, env=env, check=True,
                    capture_output=True)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "api", "--port", str(port)], cwd=tree, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    stop_process_group(process)
-    raise RuntimeError("API did not start")
+    return service.start_api(env, port, cwd=tree)
 
 
 def post(port: int, archive: Path) -> tuple[float, httpx.Response]:
@@ -188,12 +177,13 @@ def main() -> None:
         "archives_mb": {n: round(p.stat().st_size / 1e6, 1) for n, p in archives.items()},
         "runs": [],
     }
-    database, pg_url = fresh_database()
+    # One database per tree: each tree migrates its own to the schema it knows.
+    databases = {label: fresh_database() for label in trees}
     try:
         for n, archive in archives.items():
             for backend in args.backends:
                 for label, tree in trees.items():
-                    url = pg_url if backend == "postgres" else ""
+                    url = databases[label][1] if backend == "postgres" else ""
                     run = {"tree": label, "backend": backend, "images": n,
                            **upload_once(tree, archive, url, None)}
                     print(json.dumps(run), flush=True)
@@ -203,11 +193,12 @@ def main() -> None:
             out["profile"] = {}
             for label, tree in trees.items():
                 raw = OUT / f"profile-{label}.txt"
-                upload_once(tree, largest, pg_url if args.profile == "postgres" else "", raw)
+                upload_once(tree, largest, databases[label][1] if args.profile == "postgres" else "", raw)
                 out["profile"][label] = steps(raw)  # type: ignore[index]
                 print(label, json.dumps(out["profile"][label], indent=1), flush=True)  # type: ignore[index]
     finally:
-        drop_database(database)
+        for name, _ in databases.values():
+            drop_database(name)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
 
