@@ -82,6 +82,13 @@ def source_tree(commit: str) -> Path:
     return tree.resolve()
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
 def proc_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -143,7 +150,7 @@ def upload_once(tree: Path, archive: Path, database_url: str, profile: Path | No
     }
 
 
-def steps(profile: Path) -> dict[str, float]:
+def steps(profile: Path) -> dict[str, float | int]:
     """Share of the API's non-idle samples per intake step (leaf-first match, see STEPS)."""
     counts: Counter[str] = Counter()
     for line in profile.read_text().splitlines():
@@ -155,7 +162,7 @@ def steps(profile: Path) -> dict[str, float]:
         )
         counts[step] += int(count)
     total = sum(counts.values()) or 1
-    return {step: round(n / total, 3) for step, n in counts.most_common()}
+    return {"samples": total, **{step: round(n / total, 3) for step, n in counts.most_common()}}
 
 
 def main() -> None:
@@ -172,7 +179,7 @@ def main() -> None:
         trees = {f"base-{args.base}": source_tree(args.base), **trees}
     archives = {n: mnist_zip(n) for n in args.sizes}
     out: dict[str, object] = {
-        "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, loopback",
+        "machine": f"{os.cpu_count()} CPUs ({cpu_model()}), loopback, shared with other work",
         "commit": head.stdout.strip(), "base": args.base, "params": PARAMS,
         "archives_mb": {n: round(p.stat().st_size / 1e6, 1) for n, p in archives.items()},
         "runs": [],
@@ -184,7 +191,9 @@ def main() -> None:
             for backend in args.backends:
                 for label, tree in trees.items():
                     url = databases[label][1] if backend == "postgres" else ""
+                    # other engineers share the two cores: the load says how noisy a row is
                     run = {"tree": label, "backend": backend, "images": n,
+                           "load_1min": round(os.getloadavg()[0], 1),
                            **upload_once(tree, archive, url, None)}
                     print(json.dumps(run), flush=True)
                     out["runs"].append(run)  # type: ignore[attr-defined]
