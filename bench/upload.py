@@ -3,12 +3,12 @@
 Builds a 10,000- and a 70,000-image MNIST zip once (one 28x28 PNG per digit, in digit folders,
 bench/out/), then for each source tree and backend starts the real API (`python -m worker.cli
 api`, SQLite or a fresh Postgres database), POSTs one archive and reads the process's VmHWM (its
-peak RSS since start). `--base COMMIT` runs that commit's tree too, in the same run, so before
-and after share the machine's load. `--profile` adds one sampled pass per tree (py-spy, every
-thread, installed with `pip install --target bench/out/tools py-spy`) whose stacks are sorted
-into intake steps.
+peak RSS since start); meanwhile a GET /health every 50 ms shows whether the event loop is free.
+`--base COMMIT` runs that commit's tree too, in the same run, so before and after share the
+machine's load. `--profile` adds one sampled pass per tree (py-spy, every thread, installed with
+`pip install --target bench/out/tools py-spy`) whose stacks are sorted into intake steps.
 
-    python -m bench.upload --base 29afccd --out bench/results/upload.json
+    python -m bench.upload --base 29afccd --profile sqlite --out bench/results/upload.json
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections import Counter
@@ -120,6 +121,18 @@ def post(port: int, archive: Path) -> tuple[float, httpx.Response]:
     return time.perf_counter() - started, response
 
 
+def health_while(busy: threading.Thread, port: int) -> list[float]:
+    """Seconds per GET /health, one every 50 ms while `busy` runs: is the event loop free?"""
+    latencies = []
+    with httpx.Client(timeout=60) as client:
+        while busy.is_alive():
+            started = time.perf_counter()
+            client.get(f"http://127.0.0.1:{port}/health")
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.05)
+    return sorted(latencies) or [0.0]
+
+
 def upload_once(tree: Path, archive: Path, database_url: str, profile: Path | None) -> dict[str, object]:
     """One fresh API process, one POST: seconds to the answer and the process's memory."""
     with tempfile.TemporaryDirectory(dir=OUT) as data_dir:
@@ -135,7 +148,12 @@ def upload_once(tree: Path, archive: Path, database_url: str, profile: Path | No
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )
                 time.sleep(1.0)  # py-spy attaches
-            seconds, response = post(port, archive)
+            answer: list[tuple[float, httpx.Response]] = []
+            upload = threading.Thread(target=lambda: answer.append(post(port, archive)))
+            upload.start()
+            health = health_while(upload, port)
+            upload.join()
+            seconds, response = answer[0]
             peak = proc_mb(api.pid, "VmHWM")
         finally:
             if spy is not None:
@@ -146,7 +164,8 @@ def upload_once(tree: Path, archive: Path, database_url: str, profile: Path | No
     return {
         "status": response.status_code, "seconds_to_answer": round(seconds, 3),
         "n_images": body.get("counts", {}).get("images"), "rss_idle_mb": round(rss_idle, 1),
-        "rss_peak_mb": round(peak, 1),
+        "rss_peak_mb": round(peak, 1), "health_p50_ms": round(health[len(health) // 2] * 1000, 1),
+        "health_max_ms": round(health[-1] * 1000, 1),
     }
 
 
