@@ -151,7 +151,8 @@ def upload_once(tree: Path, archive: Path, database_url: str, profile: Path | No
             answer: list[tuple[float, httpx.Response]] = []
             upload = threading.Thread(target=lambda: answer.append(post(port, archive)))
             upload.start()
-            health = health_while(upload, port)
+            # not while profiling: the samples are to show the upload alone
+            health = health_while(upload, port) if profile is None else [0.0]
             upload.join()
             seconds, response = answer[0]
             peak = proc_mb(api.pid, "VmHWM")
