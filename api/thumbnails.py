@@ -25,11 +25,7 @@ def thumbnail_path(settings: Settings, job_id: uuid.UUID, image: ImageFile) -> P
     """The cached preview of one image, made on first request."""
     path = blobs.thumbnails_dir(settings, job_id) / f"{image.image_id}.jpg"
     if not path.is_file():
-        stored = blobs.read_image(
-            settings, job_id, blob_name=image.blob_name, offset=image.blob_offset,
-            size=image.size_bytes,
-        )
-        data = render(stored)
+        data = render(blobs.read_image(settings, job_id, image))
         path.parent.mkdir(exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # concurrent makers race safely
         partial.write_bytes(data)

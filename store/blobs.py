@@ -13,7 +13,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, Protocol
 
 from store.settings import Settings
 
@@ -44,20 +44,27 @@ def image_path(settings: Settings, job_id: uuid.UUID, blob_name: str) -> Path:
     return images_dir(settings, job_id) / blob_name
 
 
-def open_image(
-    settings: Settings, job_id: uuid.UUID, *, blob_name: str, offset: int | None, size: int
-) -> BinaryIO:
+class StoredImage(Protocol):
+    """Where an image's bytes are (an `images` row and `store.results.ImageFile` fit)."""
+
+    @property
+    def blob_name(self) -> str: ...
+    @property
+    def blob_offset(self) -> int | None: ...  # None: the blob is the image's own file
+    @property
+    def size_bytes(self) -> int: ...
+
+
+def open_image(settings: Settings, job_id: uuid.UUID, image: StoredImage) -> BinaryIO:
     """A readable, seekable stream of one stored image's bytes (its own file or its pack slice)."""
-    file = image_path(settings, job_id, blob_name).open("rb")
-    if offset is None:
+    file = image_path(settings, job_id, image.blob_name).open("rb")
+    if image.blob_offset is None:
         return file
-    return io.BufferedReader(Slice(file, offset, size))
+    return io.BufferedReader(Slice(file, image.blob_offset, image.size_bytes))
 
 
-def read_image(
-    settings: Settings, job_id: uuid.UUID, *, blob_name: str, offset: int | None, size: int
-) -> bytes:
-    with open_image(settings, job_id, blob_name=blob_name, offset=offset, size=size) as stream:
+def read_image(settings: Settings, job_id: uuid.UUID, image: StoredImage) -> bytes:
+    with open_image(settings, job_id, image) as stream:
         return stream.read()
 
 

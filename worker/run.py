@@ -230,18 +230,13 @@ def _decode(
             skipped.append({"path": image.path, "reason": "duplicate_path"})
         else:
             by_path[image.path] = image
-    sources = {path: _reader(settings, job_id, row) for path, row in by_path.items()}
+    # an opener per image: decoding reads each image twice (header pass, then pixels)
+    sources: dict[str, Opener] = {
+        path: functools.partial(blobs.read_image, settings, job_id, row) for path, row in by_path.items()
+    }
     image_set = decode_sources(sources, image_size=config.image_size)
     skipped += [{"path": path, "reason": reason} for path, reason in image_set.skipped]
     return image_set, [by_path[path] for path in image_set.paths], skipped
-
-
-def _reader(settings: Settings, job_id: uuid.UUID, row: Image) -> Opener:
-    """Reads one stored image's bytes when called (decoding reads each image twice)."""
-    return functools.partial(
-        blobs.read_image, settings, job_id, blob_name=row.blob_name, offset=row.blob_offset,
-        size=row.size_bytes,
-    )
 
 
 def _finish(

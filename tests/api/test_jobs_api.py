@@ -49,10 +49,7 @@ def test_post_job_answers_202_with_location_and_records_images(
     assert client.get(response.headers["location"]).json()["id"] == body["id"]
     job_id = uuid.UUID(body["id"])
     assert [p.name for p in blobs.images_dir(settings, job_id).iterdir()] == [blobs.PACK_NAME]
-    stored = [
-        blobs.read_image(settings, job_id, blob_name=r.blob_name, offset=r.blob_offset, size=r.size_bytes)
-        for r in jobs.list_images(session, job_id=job_id)
-    ]
+    stored = [blobs.read_image(settings, job_id, row) for row in jobs.list_images(session, job_id=job_id)]
     assert len(stored) == 30 and all(data.startswith(b"\x89PNG\r\n\x1a\n") for data in stored)
     assert not blobs.upload_path(settings, uuid.UUID(body["id"])).exists()
     assert len(list((settings.broker_dir / "queue").iterdir())) == 1  # enqueued
@@ -135,10 +132,8 @@ def test_post_job_with_many_images_records_every_row_and_its_bytes(
     assert [row.path for row in rows] == sorted(images) and [r.seq for r in rows] == list(range(3_000))
     assert len({row.id for row in rows}) == 3_000
     for row in rows:
-        stored = blobs.read_image(
-            settings, job_id, blob_name=row.blob_name, offset=row.blob_offset, size=row.size_bytes
-        )
-        assert stored == images[row.path] and (row.width, row.height, row.format) == (8, 8, "PNG")
+        assert blobs.read_image(settings, job_id, row) == images[row.path]
+        assert (row.width, row.height, row.format) == (8, 8, "PNG")
     assert [p.name for p in blobs.job_dir(settings, job_id).rglob("*")] == ["images", blobs.PACK_NAME]
 
 

@@ -1,4 +1,3 @@
-import functools
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -167,10 +166,9 @@ def test_read_image_reads_a_pack_slice_or_a_whole_file(tmp_path: Path) -> None:
     blobs.new_job_dir(settings, job_id)
     blobs.image_path(settings, job_id, blobs.PACK_NAME).write_bytes(b"first" + b"second" + b"third")
     blobs.image_path(settings, job_id, "000001.png").write_bytes(b"own file")
-    read = functools.partial(blobs.read_image, settings, job_id)
-    assert read(blob_name=blobs.PACK_NAME, offset=5, size=6) == b"second"
-    assert read(blob_name="000001.png", offset=None, size=8) == b"own file"
-    with blobs.open_image(settings, job_id, blob_name=blobs.PACK_NAME, offset=11, size=5) as stream:
+    assert blobs.read_image(settings, job_id, FakeImage("a", blobs.PACK_NAME, 5, 6)) == b"second"
+    assert blobs.read_image(settings, job_id, FakeImage("b", "000001.png", None, 8)) == b"own file"
+    with blobs.open_image(settings, job_id, FakeImage("c", blobs.PACK_NAME, 11, 5)) as stream:
         assert stream.read(2) == b"th" and stream.tell() == 2
         stream.seek(-1, 2)
         assert stream.read() == b"d" and stream.read() == b""
