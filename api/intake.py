@@ -259,7 +259,8 @@ class _Pack:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        fd = os.open(path, _OPEN_FLAGS, 0o600)  # before `discard` may remove it: ours only now
+        # O_EXCL: a clash raises here, so `discard` can only ever remove a file of ours
+        fd = os.open(path, _OPEN_FLAGS, 0o600)
         self._out = os.fdopen(fd, "wb", buffering=PACK_BUFFER)
         self.size = 0
 
