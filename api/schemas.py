@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.config import DEFAULT_METHOD, MAX_K
+from core.config import DEFAULT_METHOD, MAX_K, MAX_TIME_BUDGET_S, MIN_TIME_BUDGET_S
 
 
 class JobParams(BaseModel):
@@ -21,6 +21,10 @@ class JobParams(BaseModel):
         default=DEFAULT_METHOD, description="imc (IMC-SwAV, the default), mmdc or kmeans (pixels)"
     )
     epochs: int | None = Field(default=None, ge=1, le=10_000, description="default: per method")
+    time_budget_s: float | None = Field(
+        default=None, ge=MIN_TIME_BUDGET_S, le=MAX_TIME_BUDGET_S, allow_inf_nan=False,
+        description="seconds the job may train; the epochs are fitted to it (given epochs win)",
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     image_size: int | None = Field(default=None, ge=16, le=256, description="working size, px")
     batch_size: int | None = Field(default=None, ge=2, le=8192)
@@ -51,6 +55,9 @@ class ProgressOut(BaseModel):
     loss: float | None
     images_per_s: float | None
     updated_at: datetime | None
+    time_budget_s: float | None = Field(default=None, description="the budget the epochs were fitted to")
+    seconds_per_epoch: float | None = Field(default=None, description="the speed the plan was made with")
+    expected_end_at: datetime | None = Field(default=None, description="when training should end, per the plan")
 
 
 class SkippedEntry(BaseModel):
@@ -154,6 +161,11 @@ class Readiness(BaseModel):
     broker: bool
 
 
+def _expected_end(reported_at: datetime | None, eta_s: float | None) -> datetime | None:
+    """The planned end of training: the last report's time plus the seconds it said were left."""
+    return None if reported_at is None or eta_s is None else reported_at + timedelta(seconds=eta_s)
+
+
 def job_out(job: Any) -> JobOut:
     """The API view of a store.models.Job row."""
     progress_metrics = job.progress_metrics or {}
@@ -178,6 +190,9 @@ def job_out(job: Any) -> JobOut:
             loss=progress_metrics.get("loss"),
             images_per_s=progress_metrics.get("images_per_s"),
             updated_at=job.progress_at,
+            time_budget_s=progress_metrics.get("time_budget_s"),
+            seconds_per_epoch=progress_metrics.get("seconds_per_epoch"),
+            expected_end_at=_expected_end(job.progress_at, progress_metrics.get("eta_s")),
         ),
         counts=Counts(
             entries=job.archive_entries,

@@ -15,6 +15,9 @@ Precision = Literal["auto", "fp32", "bf16"]
 DEFAULT_METHOD: Method = "imc"
 METHOD_NAMES: tuple[str, ...] = ("imc", "mmdc", "kmeans")  # the default first (the UI's pre-selection)
 MAX_K = 1000
+MAX_EPOCHS = 10_000
+# A budget must leave room for setup, the speed probe and an epoch; a week is beyond any job here.
+MIN_TIME_BUDGET_S, MAX_TIME_BUDGET_S = 10.0, 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,10 @@ class ClusterConfig:
 
     k: int
     method: Method = DEFAULT_METHOD
-    epochs: int | None = None  # None = the method's default for the data size
+    epochs: int | None = None  # None = fitted to time_budget_s, else the method's default (core/budget.py)
+    # Seconds the job may train (probe included; the read-out comes on top). The epochs are
+    # fitted to it from a probe of the method's speed on the images; given epochs win over it.
+    time_budget_s: float | None = None
     seed: int = 0
     batch_size: int | None = None  # None = 128 for MMDC, 256 for IMC (capped at N)
     image_size: int | None = None  # working size; None = taken from the images
@@ -99,8 +105,12 @@ class ClusterConfig:
             raise ValueError(f"k={self.k} is out of range; use 2 <= k <= {MAX_K}")
         if n_images is not None and self.k > n_images:
             raise ValueError(f"k={self.k} exceeds the {n_images} images given; lower k")
-        if self.epochs is not None and not 1 <= self.epochs <= 10_000:
-            raise ValueError(f"epochs={self.epochs} is out of range; use 1..10000")
+        if self.epochs is not None and not 1 <= self.epochs <= MAX_EPOCHS:
+            raise ValueError(f"epochs={self.epochs} is out of range; use 1..{MAX_EPOCHS}")
+        budget = self.time_budget_s
+        if budget is not None and not MIN_TIME_BUDGET_S <= budget <= MAX_TIME_BUDGET_S:  # NaN fails too
+            raise ValueError(f"time_budget_s={budget} is out of range; use {MIN_TIME_BUDGET_S:g}.."
+                             f"{MAX_TIME_BUDGET_S:g} seconds (a week)")
         if self.batch_size is not None and not 2 <= self.batch_size <= 8192:
             raise ValueError(f"batch_size={self.batch_size} is out of range; use 2..8192")
         if self.precision not in ("auto", "fp32", "bf16"):

@@ -43,7 +43,7 @@ def run_epochs(
         trainer.restore(saved)
     resumed_from = trainer.epoch
     ctx.report("setup", trainer.epoch, epochs)
-    while trainer.epoch < epochs:
+    while trainer.epoch < epochs and ctx.room_for_epoch():
         started = time.perf_counter()
         stage, metrics = train_epoch()
         trainer.epoch += 1

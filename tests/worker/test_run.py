@@ -71,6 +71,15 @@ def test_execute_job_clusters_and_writes_every_assignment(settings: Settings, se
     assert not blobs.checkpoint_path(settings, job_id).exists()
 
 
+def test_a_budgeted_job_fits_its_epochs(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    job_id = stored_job(settings, sessions, {"k": 3, "method": "mmdc", "batch_size": 8, "time_budget_s": 10})
+    assert execute_job(job_id, settings=settings, sessions=sessions) == JobState.SUCCEEDED
+    with sessions() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert job is not None and job.epochs is not None and job.epochs >= 1
+        assert job.timings is not None and job.timings["train"] < 10
+
+
 def test_execute_job_twice_runs_it_once(settings: Settings, sessions: sessionmaker[Session]) -> None:
     job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
     execute_job(job_id, settings=settings, sessions=sessions)
