@@ -93,7 +93,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         bar.close()
     sizes = [int((result.labels == c).sum()) for c in range(config.k)]
     print(f"{len(image_set.paths)} images -> {config.k} clusters of sizes {sizes} on {result.device} "
-          f"in {result.timings['total']:.1f} s")
+          f"in {result.timings['total']:.1f} s" + (f" ({len(result.history)} epochs)" if result.history else ""))
     if result.metrics is not None:
         m = result.metrics
         print(f"against the {len(image_set.class_names)} folders: "

@@ -72,11 +72,13 @@ def test_execute_job_clusters_and_writes_every_assignment(settings: Settings, se
 
 
 def test_a_budgeted_job_fits_its_epochs(settings: Settings, sessions: sessionmaker[Session]) -> None:
-    job_id = stored_job(settings, sessions, {"k": 3, "method": "mmdc", "batch_size": 8, "time_budget_s": 10})
-    assert execute_job(job_id, settings=settings, sessions=sessions) == JobState.SUCCEEDED
+    params = {"k": 3, "method": "mmdc", "backbone": "vgg", "batch_size": 8, "time_budget_s": 10}
+    job_id = stored_job(settings, sessions, params)
+    execute_job(job_id, settings=settings, sessions=sessions)
     with sessions() as session:
         job = jobs.get_job(session, job_id=job_id)
-        assert job is not None and job.epochs is not None and job.epochs >= 1
+        assert job is not None and job.state == JobState.SUCCEEDED, job and job.error
+        assert job.epochs is not None and job.epochs >= 1
         assert job.timings is not None and job.timings["train"] < 10
 
 
