@@ -2,7 +2,7 @@
 
 FLOPs are counted by torch's FlopCounterMode on one forward of the method's own network at its
 input sizes (2 FLOP per multiply-add); a training image costs 3 forwards (forward + backward),
-the usual approximation, which performance.md §0 confirms for ResNet-18 (1.111 vs 3.33 GFLOP).
+the usual approximation, which torch's FlopCounter confirms for ResNet-18 (1.111 vs 3.33 GFLOP).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from core.config import ClusterConfig
-from core.methods import imc, mmdc
+from core.methods import imc, imc_plan, mmdc_plan
 from core.models.backbones import build_backbone
 
 # Dense bf16 tensor-core peaks from the vendor's data sheets (FLOP/s, without sparsity)
@@ -30,13 +30,13 @@ def forward_flops(module: nn.Module, channels: int, size: int) -> int:
 def epoch_flops(config: ClusterConfig, n: int, channels: int, size: int, *, refining: bool = False) -> dict[str, float]:
     """Training FLOPs of one epoch of `config.method` on n images (what the step computes)."""
     if config.method == "mmdc":
-        plan = mmdc.make_plan(config, n, channels, size)
+        plan = mmdc_plan.make_plan(config, n, channels, size)
         forward = forward_flops(build_backbone(plan.backbone, channels, size, stem_pool="mmdc"), channels, size)
         clustering = n * 3 * forward + n * forward  # train step + the eval forward for the Hungarian / k-means
         rotation = 4 * n * 3 * forward if plan.rotation else 0
         return {"forward_flops_per_image": forward, "epoch_flops": float(clustering + rotation)}
     if config.method == "imc":
-        plan = imc.make_plan(config, n, channels, size)
+        plan = imc_plan.make_plan(config, n, channels, size)
         encoder, _ = imc.build_encoder(plan.backbone, channels, size)
         high, low = forward_flops(encoder, channels, plan.high_size), forward_flops(encoder, channels, plan.low_size)
         per_image = 3 * (config.imc.n_high * high + config.imc.n_low * low)

@@ -18,6 +18,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,30 +26,54 @@ import torch
 from core.config import ClusterConfig
 from core.context import RunContext
 from core.graphs import GraphedStep
-from core.methods import imc, mmdc
+from core.methods import imc, imc_plan, mmdc, mmdc_plan
 from core.runtime import configure_backend
 
 
-def trainer_for(method: str, images: torch.Tensor, precision: str, graphs: bool) -> mmdc.Trainer | imc.Trainer:
+@dataclass
+class Run:
+    """A fresh run from seed 0: its model, one epoch of it (reassign: with the Hungarian) and its steps."""
+
+    model: torch.nn.Module
+    epoch: Callable[[bool], float]
+    steps: list[GraphedStep]
+
+
+def seeded(method: str, images: torch.Tensor, precision: str, graphs: bool) -> tuple[RunContext, ClusterConfig]:
     os.environ["CORRAL_CUDA_GRAPHS"] = "1" if graphs else "0"
     torch.manual_seed(0)
     ctx = RunContext(device=images.device, generator=torch.Generator(device=images.device).manual_seed(0))
-    config = ClusterConfig(k=10, method=method, epochs=10, precision=precision)  # type: ignore[arg-type]
-    if method == "mmdc":
-        return mmdc.Trainer(images, config, ctx)
-    trainer = imc.Trainer(images, config, ctx)
-    for group in trainer.optimizer.param_groups:  # the graphed run's Adam (its step count on the device),
+    return ctx, ClusterConfig(k=10, method=method, epochs=10, precision=precision)  # type: ignore[arg-type]
+
+
+def mmdc_run(images: torch.Tensor, precision: str, graphs: bool) -> Run:
+    ctx, config = seeded("mmdc", images, precision, graphs)
+    plan = mmdc_plan.make_plan(config, images.shape[0], images.shape[1], images.shape[-1])
+    state = mmdc.initial_state(images, config, plan, ctx)
+    steps = mmdc.graphed_steps(state, ctx.device, config.precision)
+
+    def epoch(reassign: bool) -> float:
+        return (mmdc.rotation_epoch(images, state, steps, plan, ctx)
+                + mmdc.clustering_epoch(images, state, steps, plan, ctx, reassign=reassign)[0])
+    return Run(state.model, epoch, [steps.regress, steps.rotate, steps.cost])
+
+
+def imc_run(images: torch.Tensor, precision: str, graphs: bool) -> Run:
+    ctx, config = seeded("imc", images, precision, graphs)
+    plan = imc_plan.make_plan(config, images.shape[0], images.shape[1], images.shape[-1])
+    state = imc.initial_state(images, config, plan, ctx)
+    step = imc.graphed_step(state, plan, config, ctx.device)
+    for group in state.optimizer.param_groups:  # the graphed run's Adam (its step count on the device),
         group["capturable"] = True  # so the two runs differ in the graphs alone
-    return trainer
+    views = imc.Views(plan, config.imc, *imc.channel_stats(images), ctx.generator)
+
+    def epoch(reassign: bool) -> float:  # IMC has no Hungarian
+        state.epoch += 1
+        return imc.train_epoch(images, state, step, views, plan, config.imc, ctx)["loss"]
+    return Run(state.model, epoch, [step])
 
 
-def epoch_of(trainer: mmdc.Trainer | imc.Trainer, reassign: bool) -> Callable[[], float]:
-    def run() -> float:
-        if isinstance(trainer, mmdc.Trainer):
-            return trainer.rotation_epoch() + trainer.clustering_epoch(reassign=reassign)[0]
-        trainer.epoch += 1
-        return trainer.train_epoch()["loss"]
-    return run
+RUNS = {"mmdc": mmdc_run, "imc": imc_run}
 
 
 def difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -68,23 +93,22 @@ def main() -> None:
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     for method in ("mmdc", "imc"):
-        trainers = [trainer_for(method, images, "fp32", graphs) for graphs in (False, True)]
-        curves = [[epoch_of(t, reassign=False)() for _ in range(args.epochs)] for t in trainers]
-        captures = sum(s.captures for s in vars(trainers[1]).values() if isinstance(s, GraphedStep))
-        report[f"{method}_same_steps"] = {"max_relative_parameter_difference": difference(trainers[1].model,
-                                                                                          trainers[0].model),
+        runs = [RUNS[method](images, "fp32", graphs) for graphs in (False, True)]
+        curves = [[run.epoch(False) for _ in range(args.epochs)] for run in runs]
+        captures = sum(step.captures for step in runs[1].steps)
+        report[f"{method}_same_steps"] = {"max_relative_parameter_difference": difference(runs[1].model,
+                                                                                          runs[0].model),
                                           "eager_losses": curves[0], "graphed_losses": curves[1],
                                           "graphs_captured": captures}
     configure_backend(device)
     torch.backends.cudnn.deterministic = False
     for method in ("mmdc", "imc"):
         for graphs in (False, True):
-            trainer = trainer_for(method, images, "auto", graphs)
-            run = epoch_of(trainer, reassign=True)
-            run()  # warm-up: cuDNN autotuning, captures
+            run = RUNS[method](images, "auto", graphs)
+            run.epoch(True)  # warm-up: cuDNN autotuning, captures
             torch.cuda.synchronize()
             started = time.perf_counter()
-            run()
+            run.epoch(True)
             torch.cuda.synchronize()
             seconds = time.perf_counter() - started
             report[f"{method}_epoch_seconds_{'graphed' if graphs else 'eager'}"] = seconds

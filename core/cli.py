@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core.budget import format_duration, parse_duration
 from core.config import DEFAULT_METHOD, METHOD_NAMES, ClusterConfig
+from core.errors import InvalidInput
 from core.result import Progress
 
 
@@ -85,7 +86,7 @@ def run_cluster(args: argparse.Namespace) -> int:
     for path, reason in image_set.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not image_set.paths:
-        raise ValueError(f"no readable image in {args.path}")
+        raise InvalidInput(f"no readable image in {args.path}")
     bar = None if args.quiet else ProgressBar()
     result = cluster(image_set.images, config, labels=image_set.labels, device=args.device,
                      on_progress=bar, checkpoint=args.checkpoint)

@@ -31,14 +31,14 @@ class MMDCParams:
     means: Literal["one_hot", "random"] = "one_hot"
     # Fractions of `epochs`, so short runs keep the reference shape. None = the reference's for the
     # image type: grey-scale as MNIST (refine 20/50, ×0.1 at 40/50), colour as CIFAR-10 (refine
-    # 350/400, ×0.2 at 300/400), see core/methods/mmdc.py.
+    # 350/400, ×0.2 at 300/400), see core/methods/mmdc_plan.py.
     refine_start: float | None = None
     lr_decay_at: float | None = None
     lr_decay_gamma: float | None = None
     rotation: bool | None = None  # None = on for the ResNet backbone, off for the small VGG
     # Training crop sides as fractions of the image's; the first is also the centre view (the
     # Hungarian's, the read-out's). None = the reference's for the image type: 24/20/16 of 28 for
-    # grey-scale sets (MNIST), one crop of 20/32 for colour ones (CIFAR-10), see core/methods/mmdc.py
+    # grey-scale sets (MNIST), one crop of 20/32 for colour ones (CIFAR-10), see core/methods/mmdc_plan.py
     crop_fractions: tuple[float, ...] | None = None
     flip: bool | None = None  # None = on for colour images
     color_jitter: bool | None = None  # None = on for colour images
@@ -60,7 +60,7 @@ class IMCParams:
     freeze_prototypes_iters: int = 500
     lr_milestones: tuple[float, ...] = (0.3, 0.6, 0.8)  # fractions of `epochs` (150/300/400 of 500)
     lr_gamma: float = 0.4
-    prototypes: int | None = None  # None = min(1000, max(10 k, N / 10)), see core/methods/imc.py
+    prototypes: int | None = None  # None = min(1000, max(10 k, N / 10)), see core/methods/imc_plan.py
     project_dim: int = 128
     epsilon: float = 0.05
     sinkhorn_iters: int = 3

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from core.budget import Deadline, EpochPlan
+from core.checkpoint import Checkpoint
 from core.result import Progress, ProgressCallback
 
 
@@ -18,7 +18,7 @@ class RunContext:
     device: torch.device
     generator: torch.Generator  # on `device`; every random draw of a run comes from it
     on_progress: ProgressCallback | None = None
-    checkpoint: Path | None = None
+    checkpoint: Checkpoint | None = None  # saved at every epoch end; resumed from when it exists
     labels: np.ndarray | None = None  # known classes, only for the per-epoch quality curve
     eval_every: int = 0  # epochs between quality evaluations (0 = only at the end)
     started: float = field(default_factory=time.perf_counter)

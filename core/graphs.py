@@ -78,8 +78,9 @@ class GraphedStep:
             try:
                 captured = self._capture(inputs, signature)
             except RuntimeError as error:  # an op that cannot be captured: slower, still right
+                fn = getattr(self.fn, "func", self.fn)  # the function a functools.partial binds
                 log.warning("CUDA graph capture failed, %s runs eagerly from now on: %s",
-                            getattr(self.fn, "__name__", "the step"), error)
+                            getattr(fn, "__name__", "the step"), error)
                 self.enabled = False
                 self.graphs.clear()
                 return self.fn(*inputs)

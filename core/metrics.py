@@ -6,6 +6,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from core.assign import hungarian
+from core.errors import InvalidInput
 
 
 def contingency(predicted: np.ndarray, truth: np.ndarray, size: int = 0) -> np.ndarray:
@@ -26,7 +27,7 @@ def accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
     """Fraction of images whose cluster maps to their class under the best one-to-one map."""
     truth, predicted = _as_labels(truth), _as_labels(predicted)
     if truth.size == 0:
-        raise ValueError("accuracy needs at least one image")
+        raise InvalidInput("accuracy needs at least one image")
     mapping = cluster_to_class(predicted, truth)
     return float((mapping[predicted] == truth).mean())
 
@@ -55,5 +56,5 @@ def evaluate(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
 def _as_labels(values: np.ndarray) -> np.ndarray:
     array = np.asarray(values).astype(np.int64).ravel()
     if array.size and array.min() < 0:
-        raise ValueError("labels must be non-negative integers")
+        raise InvalidInput("labels must be non-negative integers")
     return array

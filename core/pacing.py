@@ -19,8 +19,8 @@ from core.budget import DEFAULT_CPU_BUDGET_S, Deadline, EpochPlan, fit_epochs
 from core.config import MAX_EPOCHS, ClusterConfig
 from core.context import RunContext
 from core.methods import METHODS
-from core.methods.imc import DEFAULT_EPOCHS as IMC_EPOCHS
-from core.methods.mmdc import DEFAULT_EPOCHS as MMDC_EPOCHS
+from core.methods.imc_plan import DEFAULT_EPOCHS as IMC_EPOCHS
+from core.methods.mmdc_plan import DEFAULT_EPOCHS as MMDC_EPOCHS
 from core.result import Progress, ProgressCallback
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.checkpoint import Checkpoint
 from core.config import ClusterConfig
 from core.context import RunContext
+from core.errors import InvalidInput
 from core.methods import METHODS
 from core.metrics import evaluate
 from core.pacing import pace
-from core.predict import Predictor
+from core.predictor import Predictor
 from core.result import ClusterResult, ProgressCallback
 from core.runtime import configure_backend, pick_device
 
@@ -43,7 +45,7 @@ def cluster(
     images = _as_images(images)
     config.validate(n_images=images.shape[0])
     if labels is not None and len(labels) != images.shape[0]:
-        raise ValueError(f"labels has {len(labels)} entries for {images.shape[0]} images; give one per image")
+        raise InvalidInput(f"labels has {len(labels)} entries for {images.shape[0]} images; give one per image")
     if config.image_size is not None and config.image_size != images.shape[-1]:
         images = resize(images, config.image_size)
     device = pick_device(device)
@@ -54,8 +56,8 @@ def cluster(
     config = paced.config  # epochs fitted to the time budget; the probe came before the seeding
     torch.manual_seed(config.seed)  # network initialisation
     generator = torch.Generator(device=device).manual_seed(config.seed)  # every other draw
-    ctx = RunContext(device=device, generator=generator, on_progress=on_progress,
-                     checkpoint=Path(checkpoint) if checkpoint else None,
+    saved = Checkpoint(Path(checkpoint), config.to_dict(), images.shape[0]) if checkpoint else None
+    ctx = RunContext(device=device, generator=generator, on_progress=on_progress, checkpoint=saved,
                      labels=None if labels is None else np.asarray(labels), eval_every=eval_every,
                      plan=paced.plan, deadline=paced.deadline)
     log.info("clustering %d images of %s into k=%d with %s on %s", images.shape[0],
@@ -84,13 +86,13 @@ def cluster(
 def _as_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     tensor = torch.as_tensor(images)
     if tensor.dtype != torch.uint8:
-        raise ValueError(f"images must be uint8 (got {tensor.dtype}); decode with core.data.images")
+        raise InvalidInput(f"images must be uint8 (got {tensor.dtype}); decode with core.data.images")
     if tensor.ndim == 3:
         tensor = tensor[:, None]
     if tensor.ndim != 4 or tensor.shape[1] not in (1, 3) or tensor.shape[2] != tensor.shape[3]:
-        raise ValueError(f"images must be (N, C, S, S) with C in (1, 3), got {tuple(tensor.shape)}")
+        raise InvalidInput(f"images must be (N, C, S, S) with C in (1, 3), got {tuple(tensor.shape)}")
     if tensor.shape[0] == 0:
-        raise ValueError("no images given; at least k images are needed")
+        raise InvalidInput("no images given; at least k images are needed")
     return tensor
 
 

@@ -1,11 +1,9 @@
 """Apply a finished clustering to new images without retraining.
 
-A `Predictor` is the trained read-out of one run (an nn.Module: uint8 (N, C, S, S) -> labels,
-confidences, exactly the mapping that labelled the run's own images) plus the working size and
-channels its inputs must be decoded to. `save_model` writes it with torch.save as a full pickle,
-so `load_model` must only be given files this library wrote (the service keeps them in its own
-data folder). `python -m core.predict MODEL FILE...` prints one JSON object: what the service's
-API runs, so the API process itself never imports torch.
+A `Predictor` (core/predictor.py) is the trained read-out of one run. `save_model` writes it
+with torch.save as a full pickle, so `load_model` must only be given files this library wrote
+(the service keeps them in its own data folder). `python -m core.predict MODEL FILE...` prints
+one JSON object: what the service's API runs, so the API process itself never imports torch.
 """
 
 from __future__ import annotations
@@ -14,16 +12,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from core.data.images import decode_files
-from core.runtime import autocast
+from core.errors import InvalidInput
+from core.predictor import Predictor
 
 if TYPE_CHECKING:
     from core.result import ClusterResult
@@ -31,38 +28,11 @@ if TYPE_CHECKING:
 FORMAT = 1  # bumped when the saved layout changes
 
 
-@dataclass
-class Predictor:
-    readout: nn.Module  # uint8 (N, C, S, S) -> ((N,) int64 labels, (N,) float confidences)
-    image_size: int  # S: the run's working size
-    channels: int  # C: 1 (grey) or 3 (RGB)
-    k: int
-    method: str
-    precision: str = "fp32"  # the autocast the run labelled its images in, so labels reproduce
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """Labels (N,) and confidences (N,) of uint8 images already at (C, S, S)."""
-        expected = (self.channels, self.image_size, self.image_size)
-        if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"images must be uint8 (N, {', '.join(map(str, expected))}), got "
-                             f"{images.dtype} {tuple(images.shape)}; decode them with predict_files")
-        self.readout.eval()
-        device = next(iter(self.readout.state_dict().values())).device
-        labels, confidences = [], []
-        for part in images.split(batch_size):
-            with autocast(device, self.precision):
-                label, confidence = self.readout(part.to(device))
-            labels.append(label.cpu())
-            confidences.append(confidence.float().cpu())
-        return torch.cat(labels).numpy().astype(np.int64), torch.cat(confidences).numpy()
-
-
 def save_model(source: ClusterResult | Predictor, path: str | Path) -> None:
     """Write the predictor of a result (or a predictor) to `path`, atomically."""
     predictor = source if isinstance(source, Predictor) else source.predictor
     if predictor is None:
-        raise ValueError("this result has no predictor; it was made by a method that cannot predict")
+        raise InvalidInput("this result has no predictor; it was made by a method that cannot predict")
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     torch.save({"format": FORMAT, "readout": predictor.readout, "image_size": predictor.image_size,
@@ -75,7 +45,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
     """Read a file written by save_model (a trusted pickle) onto `device`."""
     saved: dict[str, Any] = torch.load(path, map_location=device, weights_only=False)
     if saved.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a Corral model of format {FORMAT}")
+        raise InvalidInput(f"{path} is not a Corral model of format {FORMAT}")
     return Predictor(saved["readout"], saved["image_size"], saved["channels"], saved["k"], saved["method"],
                      saved.get("precision", "fp32"))
 

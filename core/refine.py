@@ -1,4 +1,5 @@
-"""MMDC's refinement stage: k-means pseudo-targets whose ids stay aligned with the previous labels."""
+"""MMDC's refinement stage (algorithms.md §1.8): k-means (core/kmeans.py) pseudo-targets whose ids
+stay aligned with the previous labels."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import torch
 
 from core.assign import hungarian
-from core.methods.kmeans import kmeans, lloyd
+from core.kmeans import kmeans, lloyd
 from core.runtime import upload
 
 

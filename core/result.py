@@ -10,8 +10,8 @@ import numpy as np
 
 from core.config import ClusterConfig
 
-if TYPE_CHECKING:  # core.predict imports torch; this module stays importable without it
-    from core.predict import Predictor
+if TYPE_CHECKING:  # core.predictor imports torch; this module stays importable without it
+    from core.predictor import Predictor
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,15 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import nn
+
+from core.errors import InvalidInput
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def pick_device(requested: str | torch.device | None) -> torch.device:
@@ -20,7 +25,7 @@ def pick_device(requested: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but no CUDA device is available; use cpu or auto")
+        raise InvalidInput("device='cuda' was requested but no CUDA device is available; use cpu or auto")
     return device
 
 
@@ -93,8 +98,8 @@ def check_finite(total: torch.Tensor, what: str, epoch: int) -> None:
         raise FloatingPointError(f"{what} loss became non-finite during epoch {epoch}")
 
 
-def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    # channels-last is 1.3-1.6x faster for these convnets on CPU too (performance.md §2c)
+def prepare_model(model: ModuleT, device: torch.device) -> ModuleT:
+    # channels-last is 1.3-1.6x faster for these convnets on CPU too (measured on the 2-core CPU: 83-86 img/s against 51-64 NCHW for ResNet-18)
     return model.to(device=device, memory_format=torch.channels_last)
 
 

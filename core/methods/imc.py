@@ -25,13 +25,17 @@ Section numbers refer to docs/algorithms.md §2; the adaptations to arbitrary up
   the reference's test-batch warm-up, §2.9), replacing the crop statistics from training;
 - embeddings: the encoder features the classifier reads (512-d ResNet, 256-d VGG), so labels,
   centres and embeddings share one space; the projection only serves the prototype cosines.
+
+`train_imc` at the end is the whole run in order: set-up, resume, then per epoch one pass of
+training steps and one `end_epoch`; the functions above it are its step, views and read-out.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +45,11 @@ from core.assign import sinkhorn
 from core.config import ClusterConfig, IMCParams
 from core.context import MethodOutput, RunContext
 from core.data import augment
+from core.errors import InvalidInput
 from core.graphs import GraphedStep, graphs_enabled
-from core.loop import run_epochs
 from core.losses import logit_penalty, mutual_information_loss, swapped_prediction_loss
-from core.models.backbones import SmallVGG, choose_backbone, small_resnet18
+from core.methods.imc_plan import Plan, learning_rate, make_plan
+from core.models.backbones import SmallVGG, small_resnet18
 from core.models.imc_heads import IMCNet, PooledEncoder
 from core.runtime import (
     autocast,
@@ -56,67 +61,10 @@ from core.runtime import (
     prepare_model,
     resolve_precision,
 )
+from core.training import end_epoch, resume
 
-DEFAULT_EPOCHS = 50
 JITTER = augment.Jitter(0.4, 0.4, 0.4, 0.1, p=0.8)
 GREYSCALE_P = 0.25
-MIN_CROP = 16
-COLOUR_HIGH_SCALE, COLOUR_LOW_SCALE = (0.2, 1.0), (0.08, 0.4)  # RandomResizedCrop areas (§2.6)
-GREY_HIGH_SCALE, GREY_LOW_SCALE = (0.4, 1.0), (0.2, 0.6)  # MNIST-like: whole strokes stay in view
-COLOUR_LR, GREY_LR = 5e-4, 2e-3  # Adam's base learning rate when IMCParams.lr is None
-SCHEDULE_FRACTION = 0.1  # warm-up / prototype freezing: at most this share of all iterations
-
-
-@dataclass(frozen=True)
-class Plan:
-    """IMC settings resolved for one image set."""
-
-    epochs: int
-    batch_size: int
-    steps_per_epoch: int
-    lr: float  # base learning rate, before warm-up and steps
-    backbone: str
-    prototypes: int
-    high_size: int
-    low_size: int
-    warmup_iters: int
-    freeze_iters: int
-    milestones: tuple[int, ...]  # epochs after which the learning rate is multiplied by gamma
-    high_scale: tuple[float, float]  # crop area fractions
-    low_scale: tuple[float, float]
-    flip: bool
-
-
-def default_prototypes(n: int, k: int) -> int:
-    return min(1000, max(10 * k, n // 10))
-
-
-def make_plan(config: ClusterConfig, n: int, channels: int, size: int) -> Plan:
-    p: IMCParams = config.imc
-    epochs = config.epochs or DEFAULT_EPOCHS
-    batch_size = min(config.batch_size or 256, n)
-    steps = n // batch_size  # drop_last; batch_size <= n, so at least one step
-    total = epochs * steps
-    scaled = max(1, math.ceil(SCHEDULE_FRACTION * total))
-    return Plan(
-        epochs=epochs, batch_size=batch_size, steps_per_epoch=steps,
-        lr=p.lr if p.lr is not None else (COLOUR_LR if channels == 3 else GREY_LR),
-        backbone=choose_backbone(config.backbone, channels, size),
-        prototypes=p.prototypes or default_prototypes(n, config.k),
-        high_size=max(MIN_CROP, round(p.high_crop * size)),
-        low_size=max(MIN_CROP, round(p.low_crop * size)),
-        warmup_iters=min(p.warmup_iters, scaled), freeze_iters=min(p.freeze_prototypes_iters, scaled),
-        milestones=tuple(round(m * epochs) for m in p.lr_milestones),
-        high_scale=p.high_scale or (COLOUR_HIGH_SCALE if channels == 3 else GREY_HIGH_SCALE),
-        low_scale=p.low_scale or (COLOUR_LOW_SCALE if channels == 3 else GREY_LOW_SCALE),
-        flip=p.flip if p.flip is not None else channels == 3,
-    )
-
-
-def learning_rate(p: IMCParams, plan: Plan, iteration: int, epoch: int) -> float:
-    """Linear warm-up per iteration times MultiStepLR per epoch (§2.7)."""
-    warmup = min(1.0, (iteration + 1) / plan.warmup_iters)
-    return plan.lr * warmup * p.lr_gamma ** sum(epoch >= m for m in plan.milestones)
 
 
 def build_encoder(name: str, channels: int, size: int) -> tuple[nn.Module, int]:
@@ -126,7 +74,7 @@ def build_encoder(name: str, channels: int, size: int) -> tuple[nn.Module, int]:
         return PooledEncoder(trunk, width), width
     if name == "resnet18":
         return small_resnet18(channels, stem_pool="none", conv_init="fan_out"), 512  # CIFAR stem, no max-pool (§2.2)
-    raise ValueError(f"backbone={name!r} is unknown; use auto, resnet18 or vgg")
+    raise InvalidInput(f"backbone={name!r} is unknown; use auto, resnet18 or vgg")
 
 
 @torch.no_grad()
@@ -153,7 +101,7 @@ def centres_of(embeddings: torch.Tensor, labels: torch.Tensor, k: int) -> torch.
 
 class IMCReadout(nn.Module):
     """The trained encoder and classifier with the set's normalisation: uint8 images ->
-    (classifier argmax, top probability), as `Trainer.readout` on the full images."""
+    (classifier argmax, top probability), as `readout` on the full images."""
 
     def __init__(self, net: IMCNet, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
@@ -168,170 +116,186 @@ class IMCReadout(nn.Module):
         return labels, confidences
 
 
-class Trainer:
-    """The state of one IMC-SwAV run: network, optimiser, iteration counter, history."""
+@dataclass
+class IMCState:
+    """What an IMC-SwAV run changes as it trains: all its checkpoint holds besides the generator."""
 
-    def __init__(self, images: torch.Tensor, config: ClusterConfig, ctx: RunContext):
-        self.images, self.config, self.ctx = images, config, ctx
-        n, channels, size = images.shape[0], images.shape[1], images.shape[-1]
-        self.plan = make_plan(config, n, channels, size)
-        encoder, feature_dim = build_encoder(self.plan.backbone, channels, size)
-        net = IMCNet(encoder, feature_dim, config.k, self.plan.prototypes, config.imc.project_dim)
-        self.model = prepare_model(net, ctx.device)
-        compile_if_requested(self.model.encoder)
-        p = config.imc
-        # Adam with coupled L2 on every parameter, as the reference (not AdamW); capturable: its
-        # step counter lives on the device, so the step can replay as a CUDA graph
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.plan.lr, betas=p.betas,
-                                          weight_decay=p.weight_decay, capturable=graphs_enabled(ctx.device))
-        self.graphed_step = GraphedStep(self._losses_and_step, ctx.device, optimizer=self.optimizer,
-                                        key=lambda: self.iteration < self.plan.freeze_iters)
-        self.mean, self.std = channel_stats(images)
-        self.epoch, self.iteration = 0, 0
-        self.history: list[dict[str, float]] = []
-        self.train_seconds = 0.0
+    model: IMCNet
+    optimizer: torch.optim.Adam
+    epoch: int = 0
+    iteration: int = 0  # optimiser steps taken: the warm-up and the prototype freeze count them
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
 
-    # -- views -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "iteration": self.iteration}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.iteration = int(saved["iteration"])
+
+
+def initial_state(images: torch.Tensor, config: ClusterConfig, plan: Plan, ctx: RunContext) -> IMCState:
+    """A fresh network and optimiser for `images` (N, C, S, S)."""
+    encoder, feature_dim = build_encoder(plan.backbone, images.shape[1], images.shape[-1])
+    net = IMCNet(encoder, feature_dim, config.k, plan.prototypes, config.imc.project_dim)
+    model = prepare_model(net, ctx.device)
+    compile_if_requested(model.encoder)
+    p = config.imc
+    # Adam with coupled L2 on every parameter, as the reference (not AdamW); capturable: its
+    # step counter lives on the device, so the step can replay as a CUDA graph
+    optimizer = torch.optim.Adam(model.parameters(), lr=plan.lr, betas=p.betas, weight_decay=p.weight_decay,
+                                 capturable=graphs_enabled(ctx.device))
+    return IMCState(model, optimizer)
+
+
+@dataclass(frozen=True)
+class Views:
+    """The multi-crop views of a batch (§2.6) and the full images, in the set's normalisation."""
+
+    plan: Plan
+    params: IMCParams
+    mean: torch.Tensor  # (C,) of the image set itself, see channel_stats
+    std: torch.Tensor  # (C,)
+    generator: torch.Generator
+
     def crops(self, raw: torch.Tensor, count: int, size: int, scale: tuple[float, float]) -> torch.Tensor:
         """`count` augmented crops of each image, crop-major: (count·B, C, size, size). Every crop
         draws its own parameters; one batched pass makes them all (fewer kernel launches)."""
-        g = self.ctx.generator
+        g = self.generator
         x = augment.random_resized_crops(raw.repeat(count, 1, 1, 1), size, g, scale=scale, flip=self.plan.flip)
         x = augment.random_grayscale(augment.color_jitter(x, g, JITTER), g, p=GREYSCALE_P)
         return channels_last(augment.normalise(x, self.mean, self.std))
 
-    def views(self, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The multi-crop views of a batch: the high-resolution crops, then the low ones (if any)."""
-        p, plan = self.config.imc, self.plan
+    def train(self, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The high-resolution crops, then the low ones (if any)."""
+        p, plan = self.params, self.plan
         groups = [(p.n_high, plan.high_size, plan.high_scale), (p.n_low, plan.low_size, plan.low_scale)]
         return tuple(self.crops(raw, count, size, scale) for count, size, scale in groups if count > 0)
 
-    def full_view(self, raw: torch.Tensor) -> torch.Tensor:
+    def full(self, raw: torch.Tensor) -> torch.Tensor:
         return augment.normalise(augment.to_unit(raw), self.mean, self.std)
 
-    # -- training ----------------------------------------------------------------------------
-    def losses(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
-        """L_swav, L_MI and L_lgt for one batch of raw images (B, C, S, S)."""
-        return self.losses_of(*self.views(raw))
 
-    def losses_of(self, *views: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The losses of one batch's views (see `views`); no random draws."""
-        net, p = self.model, self.config.imc
-        batch = views[0].shape[0] // p.n_high
-        net.prototypes.renormalise()
-        with autocast(self.ctx.device, self.config.precision):
-            # one encoder pass per resolution, as SwAV's multi-crop (the reference: one per crop)
-            features = torch.cat([net.encoder(x) for x in views])  # (V·B, F)
-            scores = net.scores(features).float().split(batch)  # V × (B, K')
-            logits = [net.classifier(f.detach()).float() for f in features.split(batch)]  # V × (B, C)
-        codes = [sinkhorn(scores[s].detach(), epsilon=p.epsilon, iterations=p.sinkhorn_iters)
-                 for s in range(p.n_high)]
-        swav = swapped_prediction_loss(codes, scores, p.temperature)
-        p_u = [torch.softmax(u.detach() / p.temperature, dim=1) for u in scores]
-        p_y = [torch.softmax(y, dim=1) for y in logits]
-        mi = torch.stack([mutual_information_loss(py, pu, p.beta) for py in p_y for pu in p_u]).mean()
-        penalty = torch.stack([logit_penalty(y) for y in logits]).mean()  # same for every prototype crop
-        return {"loss": swav + mi + penalty, "swav_loss": swav, "mi_loss": mi, "logit_penalty": penalty}
+# -- the step: tensors in, tensors out, no random draws (it may replay as a CUDA graph) --------
+def losses_of(model: IMCNet, views: tuple[torch.Tensor, ...], p: IMCParams, device: torch.device,
+              precision: str) -> dict[str, torch.Tensor]:
+    """L_swav, L_MI and L_lgt of one batch's views (see Views.train)."""
+    batch = views[0].shape[0] // p.n_high
+    model.prototypes.renormalise()
+    with autocast(device, precision):
+        # one encoder pass per resolution, as SwAV's multi-crop (the reference: one per crop)
+        features = torch.cat([model.encoder(x) for x in views])  # (V·B, F)
+        scores = model.scores(features).float().split(batch)  # V × (B, K')
+        logits = [model.classifier(f.detach()).float() for f in features.split(batch)]  # V × (B, C)
+    codes = [sinkhorn(scores[s].detach(), epsilon=p.epsilon, iterations=p.sinkhorn_iters)
+             for s in range(p.n_high)]
+    swav = swapped_prediction_loss(codes, scores, p.temperature)
+    p_u = [torch.softmax(u.detach() / p.temperature, dim=1) for u in scores]
+    p_y = [torch.softmax(y, dim=1) for y in logits]
+    mi = torch.stack([mutual_information_loss(py, pu, p.beta) for py in p_y for pu in p_u]).mean()
+    penalty = torch.stack([logit_penalty(y) for y in logits]).mean()  # same for every prototype crop
+    return {"loss": swav + mi + penalty, "swav_loss": swav, "mi_loss": mi, "logit_penalty": penalty}
 
-    def train_epoch(self) -> dict[str, float]:
-        """One pass over shuffled full batches; returns mean losses and training images/s.
-        Losses are summed on the device: no host sync per step, one per epoch."""
-        totals: dict[str, torch.Tensor] = {}
-        started, seen = time.perf_counter(), 0
-        for step, index in enumerate(self.shuffled_batches()):
-            self.set_learning_rate()
-            losses = self.graphed_step(*self.views(self.images[index]))
-            self.iteration += 1
-            for name, value in losses.items():
-                totals[name] = totals[name] + value if name in totals else value.clone()
-            seen += len(index)
-            if step % 50 == 0:
-                self.ctx.report("clustering", self.epoch, self.plan.epochs, loss=float(losses["loss"]))
-        check_finite(totals["loss"], "IMC", self.epoch + 1)
-        record = {name: float(total) / self.plan.steps_per_epoch for name, total in totals.items()}
-        return record | {"images_per_s": seen / (time.perf_counter() - started)}
 
-    def set_learning_rate(self) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.config.imc, self.plan, self.iteration, self.epoch)
+def training_step(state: IMCState, plan: Plan, p: IMCParams, device: torch.device, precision: str,
+                  *views: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One optimiser step on a batch's views; returns the detached losses."""
+    losses = losses_of(state.model, views, p, device, precision)
+    state.optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    if state.iteration < plan.freeze_iters:
+        state.model.prototypes.weight.grad = None  # Adam skips it: frozen, no decay either
+    state.optimizer.step()
+    return {name: value.detach() for name, value in losses.items()}
 
-    def _losses_and_step(self, *views: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimiser step on a batch's views; returns the detached losses. Tensors in and out,
-        so on CUDA it replays as a graph once the learning rate is steady (core/graphs.py)."""
-        losses = self.losses_of(*views)
-        self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        if self.iteration < self.plan.freeze_iters:
-            self.model.prototypes.weight.grad = None  # Adam skips it: frozen, no decay either
-        self.optimizer.step()
-        return {name: value.detach() for name, value in losses.items()}
 
-    def shuffled_batches(self) -> list[torch.Tensor]:
-        order = torch.randperm(self.images.shape[0], generator=self.ctx.generator, device=self.ctx.device)
-        return list(order.split(self.plan.batch_size))[: self.plan.steps_per_epoch]  # drop_last
+def graphed_step(state: IMCState, plan: Plan, config: ClusterConfig, device: torch.device) -> GraphedStep:
+    """On CUDA the step replays as a graph once the learning rate is steady (core/graphs.py); the
+    prototype freeze is baked into a graph, so it is part of the key."""
+    return GraphedStep(partial(training_step, state, plan, config.imc, device, config.precision), device,
+                       optimizer=state.optimizer, key=lambda: state.iteration < plan.freeze_iters)
 
-    # -- read-out ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def refresh_batch_norm(self) -> None:
-        """Set every BN's running statistics to the average over one train-mode pass of the full
-        images (momentum None = cumulative average). Training never reads running statistics, so
-        this changes nothing about the trajectory, only what eval mode sees."""
-        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-        self.model.train()
-        n = self.images.shape[0]
-        # near-equal chunks of >= batch_size images: no size-1 batch
-        with autocast(self.ctx.device, self.config.precision):
-            for part in torch.arange(n, device=self.ctx.device).tensor_split(max(1, n // self.plan.batch_size)):
-                self.model(channels_last(self.full_view(self.images[part])))
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
 
-    def readout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(labels, confidences, embeddings): classifier argmax and top probability on the full
-        images; embeddings are the encoder features the classifier reads."""
-        self.refresh_batch_norm()
-        self.model.eval()
-        embeddings = infer(self.model.encoder, self.images, self.full_view, self.ctx.device,
-                           precision=self.config.precision)  # (N, F)
-        with torch.no_grad(), autocast(self.ctx.device, self.config.precision):
-            logits = torch.cat([self.model.classifier(embeddings[part]).float()
-                                for part in batches(embeddings.shape[0], 1024)])
-        self.model.train()
-        confidences, labels = F.softmax(logits, dim=1).max(1)
-        return labels, confidences, embeddings
+# -- the epoch and the read-out --------------------------------------------------------------
+def train_epoch(images: torch.Tensor, state: IMCState, step: GraphedStep, views: Views, plan: Plan,
+                p: IMCParams, ctx: RunContext) -> dict[str, float]:
+    """One pass over shuffled full batches; returns mean losses and training images/s.
+    Losses are summed on the device: no host sync per step, one per epoch."""
+    totals: dict[str, torch.Tensor] = {}
+    started, seen = time.perf_counter(), 0
+    for n, index in enumerate(shuffled_batches(images.shape[0], plan, ctx.generator)):
+        for group in state.optimizer.param_groups:
+            group["lr"] = learning_rate(p, plan, state.iteration, state.epoch)
+        losses = step(*views.train(images[index]))
+        state.iteration += 1
+        for name, value in losses.items():
+            totals[name] = totals[name] + value if name in totals else value.clone()
+        seen += len(index)
+        if n % 50 == 0:
+            ctx.report("clustering", state.epoch, plan.epochs, loss=float(losses["loss"]))
+    check_finite(totals["loss"], "IMC", state.epoch + 1)
+    record = {name: float(total) / plan.steps_per_epoch for name, total in totals.items()}
+    return record | {"images_per_s": seen / (time.perf_counter() - started)}
 
-    # -- checkpoints -------------------------------------------------------------------------
-    def state(self) -> dict[str, object]:
-        return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "generator": self.ctx.generator.get_state(), "epoch": self.epoch, "iteration": self.iteration,
-            "history": self.history, "train_seconds": self.train_seconds,
-            "config": self.config.to_dict(), "n_images": self.images.shape[0],
-        }
 
-    def restore(self, state: dict[str, object]) -> None:
-        self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
-        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
-        self.ctx.generator.set_state(state["generator"])  # type: ignore[arg-type]
-        self.epoch = int(state["epoch"])  # type: ignore[call-overload]
-        self.iteration = int(state["iteration"])  # type: ignore[call-overload]
-        self.history = list(state["history"])  # type: ignore[call-overload]
-        self.train_seconds = float(state["train_seconds"])  # type: ignore[arg-type]
+def shuffled_batches(n: int, plan: Plan, g: torch.Generator) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=g, device=g.device)
+    return list(order.split(plan.batch_size))[: plan.steps_per_epoch]  # drop_last
+
+
+@torch.no_grad()
+def refresh_batch_norm(model: IMCNet, images: torch.Tensor, views: Views, batch_size: int, precision: str) -> None:
+    """Set every BN's running statistics to the average over one train-mode pass of the full
+    images (momentum None = cumulative average). Training never reads running statistics, so
+    this changes nothing about the trajectory, only what eval mode sees."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    n = images.shape[0]
+    # near-equal chunks of >= batch_size images: no size-1 batch
+    with autocast(images.device, precision):
+        for part in torch.arange(n, device=images.device).tensor_split(max(1, n // batch_size)):
+            model(channels_last(views.full(images[part])))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+
+
+def readout(model: IMCNet, images: torch.Tensor, views: Views, batch_size: int,
+            precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(labels, confidences, embeddings): classifier argmax and top probability on the full
+    images (§2.9); embeddings are the encoder features the classifier reads."""
+    refresh_batch_norm(model, images, views, batch_size, precision)
+    model.eval()
+    embeddings = infer(model.encoder, images, views.full, images.device, precision=precision)  # (N, F)
+    with torch.no_grad(), autocast(images.device, precision):
+        logits = torch.cat([model.classifier(embeddings[part]).float()
+                            for part in batches(embeddings.shape[0], 1024)])
+    model.train()
+    confidences, labels = F.softmax(logits, dim=1).max(1)
+    return labels, confidences, embeddings
 
 
 def train_imc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> MethodOutput:
     """Train IMC-SwAV on `images` (N, C, S, S) uint8 on ctx.device; resume from ctx.checkpoint."""
-    trainer = Trainer(images, config, ctx)
-    plan = trainer.plan
-    resumed_from = run_epochs(trainer, ctx, epochs=plan.epochs, config=config.to_dict(),
-                              n_images=images.shape[0], train_epoch=lambda: ("clustering", trainer.train_epoch()),
-                              predict=lambda: trainer.readout()[0])
-    labels, confidences, embeddings = trainer.readout()
+    plan = make_plan(config, images.shape[0], images.shape[1], images.shape[-1])
+    state = initial_state(images, config, plan, ctx)
+    step = graphed_step(state, plan, config, ctx.device)
+    views = Views(plan, config.imc, *channel_stats(images), ctx.generator)
+    resumed_from = resume(ctx, state)
+    ctx.report("setup", state.epoch, plan.epochs)
+    while state.epoch < plan.epochs and ctx.room_for_epoch():  # a budgeted run stops in time
+        started = time.perf_counter()
+        metrics = train_epoch(images, state, step, views, plan, config.imc, ctx)
+        end_epoch(ctx, state, epochs=plan.epochs, stage="clustering", metrics=metrics, started=started,
+                  labels=lambda: readout(state.model, images, views, plan.batch_size, config.precision)[0])
+    labels, confidences, embeddings = readout(state.model, images, views, plan.batch_size, config.precision)
     centres = centres_of(embeddings, labels, config.k)
-    predictor = IMCReadout(trainer.model, trainer.mean, trainer.std)
-    return MethodOutput(labels, confidences, embeddings, centres, trainer.history, resumed_from,
-                        trainer.train_seconds, predictor, resolve_precision(ctx.device, config.precision))
+    predictor = IMCReadout(state.model, views.mean, views.std)
+    return MethodOutput(labels, confidences, embeddings, centres, state.history, resumed_from,
+                        state.train_seconds, predictor, resolve_precision(ctx.device, config.precision))

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from core.errors import InvalidInput
+
 StemPool = Literal["none", "mmdc"]
 ConvInit = Literal["fan_in", "fan_out"]
 
@@ -57,7 +59,7 @@ class SmallVGG(nn.Module):
         self.features = nn.Sequential(*layers)
         side = image_size // 2 ** len(widths)
         if side < 1:
-            raise ValueError(f"image_size={image_size} is too small for the small VGG; use >= 16")
+            raise InvalidInput(f"image_size={image_size} is too small for the small VGG; use >= 16")
         self.feature_dim = channels * side * side
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -79,4 +81,4 @@ def build_backbone(name: str, channels: int, image_size: int, stem_pool: StemPoo
         return SmallVGG(channels, image_size)
     if name == "resnet18":
         return small_resnet18(channels, stem_pool)
-    raise ValueError(f"backbone={name!r} is unknown; use auto, resnet18 or vgg")
+    raise InvalidInput(f"backbone={name!r} is unknown; use auto, resnet18 or vgg")

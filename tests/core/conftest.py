@@ -1,10 +1,15 @@
-"""Small synthetic image sets whose classes survive crops, flips, jitter and small rotations."""
+"""Small synthetic image sets whose classes survive crops, flips, jitter and small rotations, and
+the pieces of an MMDC or IMC run as its train() sets them up, for tests of single epochs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+
+from core.config import ClusterConfig
+from core.context import RunContext
+from core.methods import imc, imc_plan, mmdc, mmdc_plan
 
 # One thread: the suite shares two cores with a worker process, and OpenMP spin-waiting under
 # contention makes two threads several times slower than one.
@@ -37,3 +42,33 @@ def images() -> tuple[torch.Tensor, np.ndarray]:
 def colour_images() -> tuple[torch.Tensor, np.ndarray]:
     """60 RGB 16-px images in 3 classes, and their labels."""
     return striped_images(per_class=20, size=16, colour=True)
+
+
+def cpu_context(seed: int = 0) -> RunContext:
+    return RunContext(device=torch.device("cpu"), generator=torch.Generator().manual_seed(seed))
+
+
+MMDCParts = tuple[mmdc_plan.Plan, mmdc.MMDCState, mmdc.Steps, RunContext]
+
+
+def mmdc_parts(images: torch.Tensor, config: ClusterConfig) -> MMDCParts:
+    """What train_mmdc sets up before its loop: plan, fresh state, (graphed) steps and a CPU context."""
+    ctx = cpu_context()
+    plan = mmdc_plan.make_plan(config, images.shape[0], images.shape[1], images.shape[-1])
+    state = mmdc.initial_state(images, config, plan, ctx)
+    return plan, state, mmdc.graphed_steps(state, ctx.device, config.precision), ctx
+
+
+class IMCRun:
+    """What train_imc sets up before its loop, and one epoch of it."""
+
+    def __init__(self, images: np.ndarray | torch.Tensor, config: ClusterConfig):
+        torch.manual_seed(config.seed)
+        self.images, self.config, self.ctx = torch.as_tensor(images), config, cpu_context(config.seed)
+        self.plan = imc_plan.make_plan(config, self.images.shape[0], self.images.shape[1], self.images.shape[-1])
+        self.state = imc.initial_state(self.images, config, self.plan, self.ctx)
+        self.step = imc.graphed_step(self.state, self.plan, config, self.ctx.device)
+        self.views = imc.Views(self.plan, config.imc, *imc.channel_stats(self.images), self.ctx.generator)
+
+    def train_epoch(self) -> dict[str, float]:
+        return imc.train_epoch(self.images, self.state, self.step, self.views, self.plan, self.config.imc, self.ctx)

@@ -17,10 +17,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from core.config import ClusterConfig
-from core.context import RunContext
 from core.data import augment
-from core.methods import imc, mmdc
-from tests.core.conftest import striped_images
+from core.methods import mmdc
+from tests.core.conftest import IMCRun, mmdc_parts, striped_images
 
 STALLING = {"aten._local_scalar_dense", "aten.lift_fresh", "aten._linalg_check_errors", "aten.nonzero",
             "aten.masked_select", "aten.unique_dim", "aten._unique2", "aten.item"}
@@ -58,10 +57,6 @@ def stalls(run: Callable[[], object], optimizer: torch.optim.Optimizer | None = 
     return recorder.counts
 
 
-def context() -> RunContext:
-    return RunContext(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
-
-
 def colour(n_per_class: int) -> torch.Tensor:
     return striped_images(per_class=n_per_class, size=16, colour=True)[0]
 
@@ -83,10 +78,15 @@ def test_the_augmentations_never_stall_the_host():
 def mmdc_epochs(n_per_class: int) -> tuple[int, Counter[str], Counter[str], Counter[str]]:
     torch.manual_seed(0)
     config = ClusterConfig(k=3, method="mmdc", backbone="resnet18", batch_size=6, epochs=2)
-    trainer = mmdc.Trainer(colour(n_per_class), config, context())
-    steps = len(trainer.shuffled_batches())
-    return (steps, stalls(trainer.rotation_epoch), stalls(lambda: trainer.clustering_epoch(reassign=False)),
-            stalls(lambda: trainer.clustering_epoch(reassign=True)))
+    images = colour(n_per_class)
+    plan, state, steps, ctx = mmdc_parts(images, config)
+    count = len(mmdc.shuffled_batches(images.shape[0], plan.batch_size, ctx.generator))
+
+    def clustering(reassign: bool) -> Callable[[], object]:
+        return lambda: mmdc.clustering_epoch(images, state, steps, plan, ctx, reassign=reassign)
+
+    return (count, stalls(lambda: mmdc.rotation_epoch(images, state, steps, plan, ctx)),
+            stalls(clustering(reassign=False)), stalls(clustering(reassign=True)))
 
 
 def test_mmdc_epochs_stall_once_per_epoch_and_upload_only_the_assignment_per_step():
@@ -103,8 +103,8 @@ def test_an_imc_epoch_stalls_the_host_a_fixed_number_of_times_whatever_its_lengt
     def epoch(n_per_class: int) -> Counter[str]:
         torch.manual_seed(0)
         config = ClusterConfig(k=3, method="imc", batch_size=6, epochs=2)
-        trainer = imc.Trainer(colour(n_per_class), config, context())
-        return stalls(trainer.train_epoch, trainer.optimizer)
+        run = IMCRun(colour(n_per_class), config)
+        return stalls(run.train_epoch, run.state.optimizer)
 
     short, long = epoch(n_per_class=4), epoch(n_per_class=10)  # 2 and 5 steps
     assert short["aten._local_scalar_dense"] >= 1

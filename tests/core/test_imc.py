@@ -5,11 +5,11 @@ from PIL import Image
 
 from core.cli import main
 from core.config import ClusterConfig, IMCParams
-from core.context import RunContext
-from core.methods.imc import Trainer, channel_stats, default_prototypes, learning_rate, make_plan
+from core.methods.imc import channel_stats, losses_of
+from core.methods.imc_plan import default_prototypes, learning_rate, make_plan
 from core.pipeline import cluster
 from core.result import Progress
-from tests.core.conftest import striped_images
+from tests.core.conftest import IMCRun, striped_images
 
 
 def varied_stripes(per_class: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -42,12 +42,6 @@ def tiny_images() -> np.ndarray:
 @pytest.fixture
 def config() -> ClusterConfig:
     return ClusterConfig(k=3, method="imc", epochs=2, batch_size=12)
-
-
-def trainer_for(images: np.ndarray, config: ClusterConfig) -> Trainer:
-    torch.manual_seed(config.seed)
-    ctx = RunContext(device=torch.device("cpu"), generator=torch.Generator().manual_seed(config.seed))
-    return Trainer(torch.from_numpy(images), config, ctx)
 
 
 def test_default_prototypes_scale_with_the_upload():
@@ -98,35 +92,36 @@ def test_channel_stats_match_numpy(tiny_images):
 
 
 def test_prototypes_stay_frozen_during_the_first_iterations(tiny_images, config):
-    trainer = trainer_for(tiny_images, config.with_(epochs=30, batch_size=8))  # 3 steps/epoch: freeze 9
-    assert trainer.plan.freeze_iters == 9
-    trainer.model.prototypes.renormalise()
-    before = trainer.model.prototypes.weight.detach().clone()
-    trainer.train_epoch()
-    torch.testing.assert_close(trainer.model.prototypes.weight.detach(), before)
-    trainer.epoch += 1
-    trainer.train_epoch()
-    trainer.train_epoch()  # iterations 3..8 frozen too
-    torch.testing.assert_close(trainer.model.prototypes.weight.detach(), before)
-    trainer.train_epoch()  # iterations 9..11 update them
-    assert not torch.allclose(trainer.model.prototypes.weight.detach(), before)
+    run = IMCRun(tiny_images, config.with_(epochs=30, batch_size=8))  # 3 steps/epoch: freeze 9
+    assert run.plan.freeze_iters == 9
+    run.state.model.prototypes.renormalise()
+    before = run.state.model.prototypes.weight.detach().clone()
+    run.train_epoch()
+    torch.testing.assert_close(run.state.model.prototypes.weight.detach(), before)
+    run.state.epoch += 1
+    run.train_epoch()
+    run.train_epoch()  # iterations 3..8 frozen too
+    torch.testing.assert_close(run.state.model.prototypes.weight.detach(), before)
+    run.train_epoch()  # iterations 9..11 update them
+    assert not torch.allclose(run.state.model.prototypes.weight.detach(), before)
 
 
 def test_classifier_gets_no_gradient_into_the_encoder(tiny_images, config):
-    trainer = trainer_for(tiny_images, config)
-    losses = trainer.losses(torch.from_numpy(tiny_images[:12]))
-    trainer.model.zero_grad()
+    run = IMCRun(tiny_images, config)
+    views = run.views.train(torch.from_numpy(tiny_images[:12]))
+    losses = losses_of(run.state.model, views, config.imc, run.ctx.device, config.precision)
+    run.state.model.zero_grad()
     (losses["mi_loss"] + losses["logit_penalty"]).backward()
-    assert all(p.grad is None for p in trainer.model.encoder.parameters())
-    assert any(p.grad is not None for p in trainer.model.classifier.parameters())
+    assert all(p.grad is None for p in run.state.model.encoder.parameters())
+    assert any(p.grad is not None for p in run.state.model.classifier.parameters())
 
 
 def test_non_finite_loss_raises_with_the_epoch(tiny_images, config):
-    trainer = trainer_for(tiny_images, config)
+    run = IMCRun(tiny_images, config)
     with torch.no_grad():
-        next(trainer.model.classifier.parameters()).fill_(float("nan"))
+        next(run.state.model.classifier.parameters()).fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="IMC loss became non-finite during epoch 1"):
-        trainer.train_epoch()
+        run.train_epoch()
 
 
 def test_cluster_imc_returns_labels_confidences_and_embeddings(tiny_images, config):

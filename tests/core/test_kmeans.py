@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from core.methods.kmeans import kmeans
+from core.kmeans import kmeans
 from core.metrics import accuracy
 from core.refine import align_labels
 

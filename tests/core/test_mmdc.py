@@ -6,9 +6,11 @@ import torch
 
 from core import ClusterConfig, cluster
 from core.config import MMDCParams
-from core.methods.mmdc import PendingAssignment, make_plan, sample_targets
+from core.errors import InvalidInput
+from core.methods.mmdc import clustering_epoch, lookahead_targets, rotation_epoch, sample_targets
+from core.methods.mmdc_plan import make_plan
 from core.metrics import accuracy
-from core.runtime import HostCopy
+from tests.core.conftest import mmdc_parts
 
 FAST = {"method": "mmdc", "epochs": 10, "batch_size": 16}
 
@@ -28,10 +30,34 @@ def test_targets_lie_on_the_sphere_with_sigma():
 def test_batch_reassignment_only_permutes_the_batch_targets():
     z = torch.nn.functional.normalize(torch.randn(16, 4), dim=1)
     targets = torch.eye(4)[torch.arange(16) % 4]
-    new = PendingAssignment(HostCopy(torch.cdist(z, targets)), targets).finish()
-    assert sorted(map(tuple, new.tolist())) == sorted(map(tuple, targets.tolist()))
+    original = targets.clone()
+    plan = make_plan(ClusterConfig(k=4, method="mmdc"), n=16, channels=1, size=8)
+    images = torch.zeros(16, 1, 8, 8, dtype=torch.uint8)
+    assigned = lookahead_targets([torch.arange(16)], targets, images=images, plan=plan,
+                                 cost=lambda view, batch_targets: torch.cdist(z, batch_targets))
+    new = next(assigned)
+    assert sorted(map(tuple, new.tolist())) == sorted(map(tuple, original.tolist()))
     cost = lambda t: torch.linalg.norm(z - t, dim=1).sum()  # noqa: E731
-    assert cost(new) <= cost(targets) + 1e-6
+    assert cost(new) <= cost(original) + 1e-6
+    assert torch.equal(targets, new)  # written back: the permuted targets persist
+
+
+def test_the_next_batch_cost_is_under_way_before_this_batch_trains():
+    targets = torch.eye(3)[torch.arange(6) % 3]
+    plan = make_plan(ClusterConfig(k=3, method="mmdc"), n=6, channels=1, size=8)
+    images = torch.arange(6, dtype=torch.uint8)[:, None, None, None].expand(6, 1, 8, 8).contiguous()
+    batches = [torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])]
+    costs: list[int] = []
+
+    def cost(view: torch.Tensor, batch_targets: torch.Tensor) -> torch.Tensor:
+        costs.append(len(costs))
+        return torch.zeros(len(batch_targets), len(batch_targets))
+
+    assigned = lookahead_targets(batches, targets, images=images, plan=plan, cost=cost)
+    next(assigned)
+    assert costs == [0, 1]  # batch 0's cost, then batch 1's, before batch 0 is handed out
+    next(assigned)
+    assert costs == [0, 1] and next(assigned, None) is None  # nothing after the last batch
 
 
 def test_the_epoch_schedule_follows_the_reference_of_the_image_type():
@@ -136,35 +162,46 @@ def test_bad_images_raise_value_error():
         cluster(np.zeros((0, 1, 8, 8), dtype=np.uint8), ClusterConfig(k=2))
 
 
+@pytest.mark.parametrize(
+    ("images", "labels", "message"),
+    [(np.zeros((4, 1, 8, 8), dtype=np.float32), None, "uint8"),
+     (np.zeros((4, 2, 8, 8), dtype=np.uint8), None, "C in"),
+     (np.zeros((0, 1, 8, 8), dtype=np.uint8), None, "no images"),
+     (np.zeros((4, 1, 8, 8), dtype=np.uint8), np.zeros(3), "one per image")],
+)
+def test_the_callers_bad_input_is_invalid_input(images, labels, message):
+    with pytest.raises(InvalidInput, match=message):
+        cluster(images, ClusterConfig(k=2, method="kmeans"), labels=labels)
+
+
+def test_a_checkpoint_of_another_run_is_invalid_input(images, tmp_path: Path):
+    checkpoint = tmp_path / "run.ckpt"
+    cluster(images[0], ClusterConfig(k=3, method="mmdc", epochs=1, batch_size=16), checkpoint=checkpoint)
+    with pytest.raises(InvalidInput, match="different run"):
+        cluster(images[0][:60], ClusterConfig(k=3, method="mmdc", epochs=1, batch_size=16), checkpoint=checkpoint)
+
+
 def test_image_size_override_resizes(images):
     result = cluster(images[0], ClusterConfig(k=3, method="kmeans", image_size=16))
     assert result.embeddings.shape == (90, 16 * 16)
 
 
 def test_non_finite_loss_stops_the_epoch_with_a_clear_error(images):
-    from core.context import RunContext
-    from core.methods.mmdc import Trainer
-
     pixels, _ = images
-    ctx = RunContext(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
-    trainer = Trainer(pixels, ClusterConfig(k=3, **FAST), ctx)
+    plan, state, steps, ctx = mmdc_parts(pixels, ClusterConfig(k=3, **FAST))
     with torch.no_grad():
-        next(trainer.model.cluster_head.parameters()).fill_(float("nan"))
+        next(state.model.cluster_head.parameters()).fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="MMDC clustering loss became non-finite during epoch 1"):
-        trainer.clustering_epoch(reassign=False)
+        clustering_epoch(pixels, state, steps, plan, ctx, reassign=False)
 
 
 def test_the_idle_head_still_takes_its_weight_decay_as_in_the_reference(colour_images):
     """The reference zero-fills gradients (torch 1.x zero_grad), so during a rotation epoch the
     clustering head, which gets no gradient, still shrinks by weight decay (and its momentum)."""
-    from core.context import RunContext
-    from core.methods.mmdc import Trainer
-
-    ctx = RunContext(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
-    trainer = Trainer(colour_images[0], ClusterConfig(k=3, backbone="resnet18", **FAST), ctx)
-    head = trainer.model.cluster_head.linear
+    plan, state, steps, ctx = mmdc_parts(colour_images[0], ClusterConfig(k=3, backbone="resnet18", **FAST))
+    head = state.model.cluster_head.linear
     weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
-    trainer.rotation_epoch()
+    rotation_epoch(colour_images[0], state, steps, plan, ctx)
     ratio = head.weight.detach() / weight
     assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-4)  # only scaled
     assert 0.99 < float(ratio.flatten()[0]) < 1.0

@@ -57,3 +57,14 @@ def test_save_model_refuses_a_predictor_less_result(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no predictor"):
         save_model(result, tmp_path / "m.pt")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_the_class_paths_saved_models_pickled_still_resolve() -> None:
+    """A saved model pickles its read-out by class path; the files in a service's data folder
+    name these, MMDCNet among them from before it moved to core/models/mmdc_net.py."""
+    from core.methods import imc, kmeans, mmdc
+    from core.models.mmdc_net import MMDCNet
+
+    assert mmdc.MMDCNet is MMDCNet
+    assert (mmdc.MMDCReadout.__module__, imc.IMCReadout.__module__, kmeans.KMeansReadout.__module__) == (
+        "core.methods.mmdc", "core.methods.imc", "core.methods.kmeans")

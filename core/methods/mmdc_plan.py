@@ -1,0 +1,76 @@
+"""MMDC's settings resolved for one image set: the reference's crops and epoch schedule for its
+image type (grey-scale as MNIST, colour as CIFAR-10) wherever MMDCParams leaves `None`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.config import ClusterConfig, MMDCParams
+from core.models.backbones import choose_backbone
+
+# The reference's crops as fractions of the side; on a 20k MNIST subset they beat the smaller
+# (0.75, 0.625, 0.5) crops used until round 5 at every evaluation (bench/RESULTS.md, "MMDC crops")
+GREY_CROPS = (24 / 28, 20 / 28, 16 / 28)  # MNIST: 24, 20 or 16 px of 28
+COLOUR_CROPS = (20 / 32,)  # CIFAR-10: 20 px of 32
+DEFAULT_EPOCHS = 50
+# The reference's batch is 128 (547 steps an MNIST epoch); a small set keeps at least MIN_STEPS
+# steps an epoch, down to batch 32, since its schedule counts epochs but learns per step: on the
+# 1,797 digits 12 epochs gave ACC 0.467 at batch 128 and 0.660 at 64 for 24 % more CPU time
+# (bench/RESULTS.md, "Small sets").
+BATCH, MIN_BATCH, MIN_STEPS = 128, 32, 50
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The reference's epoch shape, as fractions of the run (algorithms.md §1.10)."""
+
+    refine_start: float
+    lr_decay_at: float
+    lr_decay_gamma: float
+
+
+GREY_SCHEDULE = Schedule(refine_start=20 / 50, lr_decay_at=40 / 50, lr_decay_gamma=0.1)  # MNIST
+COLOUR_SCHEDULE = Schedule(refine_start=350 / 400, lr_decay_at=300 / 400, lr_decay_gamma=0.2)  # CIFAR-10
+
+
+@dataclass(frozen=True)
+class Plan:
+    """MMDC settings resolved for one image set (the `None` defaults of MMDCParams filled in)."""
+
+    epochs: int
+    batch_size: int
+    backbone: str
+    rotation: bool
+    crops: tuple[float, ...]
+    flip: bool
+    jitter: bool
+    rotate_degrees: float
+    refine_epoch: int
+    decay_epoch: int
+    decay_gamma: float
+
+
+def make_plan(config: ClusterConfig, n: int, channels: int, size: int) -> Plan:
+    p: MMDCParams = config.mmdc
+    colour = channels == 3
+    backbone = choose_backbone(config.backbone, channels, size)
+    epochs = config.epochs or DEFAULT_EPOCHS
+    default_crops = COLOUR_CROPS if colour else GREY_CROPS
+    schedule = COLOUR_SCHEDULE if colour else GREY_SCHEDULE
+    return Plan(
+        epochs=epochs,
+        batch_size=min(config.batch_size or max(MIN_BATCH, min(BATCH, n // MIN_STEPS)), n),
+        backbone=backbone,
+        rotation=p.rotation if p.rotation is not None else backbone == "resnet18",
+        crops=tuple(p.crop_fractions) if p.crop_fractions else default_crops,
+        flip=p.flip if p.flip is not None else colour,
+        jitter=p.color_jitter if p.color_jitter is not None else colour,
+        rotate_degrees=p.rotate_degrees if p.rotate_degrees is not None else (0.0 if colour else 25.0),
+        refine_epoch=round(_given(p.refine_start, schedule.refine_start) * epochs),
+        decay_epoch=round(_given(p.lr_decay_at, schedule.lr_decay_at) * epochs),
+        decay_gamma=_given(p.lr_decay_gamma, schedule.lr_decay_gamma),
+    )
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
