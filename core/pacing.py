@@ -1,8 +1,15 @@
 """Fitting a run to its time budget: probe the method's speed on the images, plan the epochs.
 
-The probe runs the method itself (its real training step, augmentations and per-epoch work such
-as MMDC's refinement) for a few one-batch epochs on a random sample of the images, and scales the
-time of an epoch to all of them. core/budget.py turns that into the epoch count.
+The probe runs the method itself (its real training step at the run's batch size, augmentations
+and per-epoch work such as MMDC's refinement) for a few one-batch epochs on a random sample of
+the images, and scales the time of an epoch to all of them. core/budget.py turns that into the
+epoch count.
+
+On a CPU the probe also tries one thread against torch's default (one per core) and the run keeps
+the faster: on the shared 2-core machine (load 4-7) MMDC on the 1,797 digits fitted 28 epochs
+into 60 s with one thread and 5 with two (OpenMP's threads spin-wait for each other between the
+many small kernels of a small network; bench/RESULTS.md, "Small sets"). Threads change results
+in the last bits, which only budgeted runs may (their epochs depend on timing anyway).
 """
 
 from __future__ import annotations
@@ -18,15 +25,17 @@ import torch
 from core.budget import DEFAULT_CPU_BUDGET_S, Deadline, EpochPlan, fit_epochs
 from core.config import MAX_EPOCHS, ClusterConfig
 from core.context import RunContext
-from core.methods import METHODS
-from core.methods.imc_plan import DEFAULT_EPOCHS as IMC_EPOCHS
-from core.methods.mmdc_plan import DEFAULT_EPOCHS as MMDC_EPOCHS
+from core.methods import METHODS, imc_plan, mmdc_plan
 from core.result import Progress, ProgressCallback
+from core.runtime import cpu_threads
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EPOCHS = {"mmdc": MMDC_EPOCHS, "imc": IMC_EPOCHS}
-PROBE_IMAGES = 256  # one IMC-SwAV batch, two MMDC batches: the run's own batch shapes
+DEFAULT_EPOCHS = {"mmdc": mmdc_plan.DEFAULT_EPOCHS, "imc": imc_plan.DEFAULT_EPOCHS}
+PLANS = {"mmdc": mmdc_plan.make_plan, "imc": imc_plan.make_plan}
+# The sample: at least PROBE_IMAGES (one IMC-SwAV batch, two MMDC ones), up to a quarter of the
+# set but at most PROBE_MAX, so fixed per-epoch costs (k-means restarts) are not scaled up much
+PROBE_IMAGES, PROBE_SHARE, PROBE_MAX = 256, 4, 2048
 # One-batch epochs of the probe: the first pays the warm-up (allocations, oneDNN's kernel
 # choices); on CUDA the next three are the eager steps before a step's graph is captured
 # (core/graphs.py), so the median of the later epochs is the replay speed.
@@ -40,6 +49,7 @@ class Paced:
     config: ClusterConfig
     plan: EpochPlan | None = None  # None: epochs given, or the method's default (GPU, k-means)
     deadline: Deadline | None = None
+    threads: int | None = None  # torch's CPU threads for the run (None: leave them)
 
 
 def budget_of(config: ClusterConfig, device: torch.device) -> tuple[float, int] | None:
@@ -65,27 +75,62 @@ def pace(images: torch.Tensor, config: ClusterConfig, device: torch.device, *, s
         return Paced(config)
     budget_s, max_epochs = budget
     epochs = checkpointed_epochs(checkpoint, config)
-    if epochs is None:
-        if on_progress is not None:
-            on_progress(Progress("probe", 0, 0))
-        per_epoch = seconds_per_epoch(images, config, device)
-        plan = fit_epochs(budget_s, time.perf_counter() - started, per_epoch, max_epochs=max_epochs,
-                          what=f"{config.method} on these {images.shape[0]} images")
-        log.info("%s: %d epochs of %.2f s fit the %.0f s budget", config.method, plan.epochs, per_epoch, budget_s)
-    else:
+    if epochs is not None:
         plan = EpochPlan(epochs, float("nan"), budget_s, float("nan"))
-    return Paced(config.with_(epochs=plan.epochs), plan, Deadline(started + budget_s))
+        return Paced(config.with_(epochs=epochs), plan, Deadline(started + budget_s))
+    if on_progress is not None:
+        on_progress(Progress("probe", 0, 0))
+    per_epoch, threads = fastest_threads(images, config, device)
+    plan = fit_epochs(budget_s, time.perf_counter() - started, per_epoch, max_epochs=max_epochs,
+                      what=f"{config.method} on these {images.shape[0]} images")
+    log.info("%s: %d epochs of %.2f s (%s threads) fit the %.0f s budget", config.method, plan.epochs,
+             per_epoch, threads, budget_s)
+    return Paced(config.with_(epochs=plan.epochs), plan, Deadline(started + budget_s), threads)
 
 
-def seconds_per_epoch(images: torch.Tensor, config: ClusterConfig, device: torch.device) -> float:
-    """The probe: seconds one epoch over all `images` takes, from one-batch epochs on a sample."""
-    n = images.shape[0]
-    m = min(n, max(PROBE_IMAGES, config.batch_size or 0, 2 * config.k))
+def fastest_threads(images: torch.Tensor, config: ClusterConfig, device: torch.device) -> tuple[float, int | None]:
+    """(seconds per epoch, threads) of the faster of one CPU thread and torch's default; one is
+    probed first, so the default's probe gives up once it is slower (None threads off the CPU)."""
+    if device.type != "cpu":
+        return seconds_per_epoch(images, config, device), None
+    default, began = torch.get_num_threads(), time.perf_counter()
+    with cpu_threads(1):
+        best, threads = seconds_per_epoch(images, config, device), 1
+    if default > 1:
+        probed = time.perf_counter()
+        with cpu_threads(default):
+            try:
+                seconds = seconds_per_epoch(images, config, device, give_up_after=2 * probed - began)
+            except ProbeGaveUp:
+                seconds = float("inf")
+        if seconds < best:
+            best, threads = seconds, default
+    return best, threads
+
+
+class ProbeGaveUp(Exception):
+    """Raised from a probe's progress callback: it is already slower than the one to beat."""
+
+
+def seconds_per_epoch(images: torch.Tensor, config: ClusterConfig, device: torch.device, *,
+                      give_up_after: float | None = None) -> float:
+    """The probe: seconds one epoch over all `images` takes, from short epochs on a sample of them.
+
+    give_up_after: a perf_counter time past which the probe raises ProbeGaveUp (at a report).
+    """
+    n, channels, size = images.shape[0], images.shape[1], images.shape[-1]
+    batch = PLANS[config.method](config, n, channels, size).batch_size  # the run's, not the sample's
+    m = min(n, max(PROBE_IMAGES, batch, 2 * config.k, min(n // PROBE_SHARE, PROBE_MAX)))
     generator = torch.Generator(device=device).manual_seed(config.seed)  # the run draws from its own
     sample = images[torch.randperm(n, generator=generator, device=device)[:m]]
-    epochs = PROBE_EPOCHS.get(device.type, PROBE_EPOCHS["cpu"])
-    probe = config.with_(epochs=epochs, time_budget_s=None)
-    output = METHODS[config.method](sample, probe, RunContext(device=device, generator=generator))
+    probe = config.with_(epochs=PROBE_EPOCHS.get(device.type, PROBE_EPOCHS["cpu"]), time_budget_s=None,
+                         batch_size=batch)
+
+    def give_up(_: Progress) -> None:
+        if give_up_after is not None and time.perf_counter() > give_up_after:
+            raise ProbeGaveUp
+
+    output = METHODS[config.method](sample, probe, RunContext(device=device, generator=generator, on_progress=give_up))
     lengths = np.diff([0.0] + [record["seconds"] for record in output.history])
     return float(np.median(lengths[1:])) * n / m
 

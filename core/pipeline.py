@@ -19,7 +19,7 @@ from core.metrics import evaluate
 from core.pacing import pace
 from core.predictor import Predictor
 from core.result import ClusterResult, ProgressCallback
-from core.runtime import configure_backend, pick_device
+from core.runtime import configure_backend, cpu_threads, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ def cluster(
                      plan=paced.plan, deadline=paced.deadline)
     log.info("clustering %d images of %s into k=%d with %s on %s", images.shape[0],
              tuple(images.shape[1:]), config.k, config.method, device)
-    output = METHODS[config.method](images, config, ctx)
+    with cpu_threads(paced.threads):
+        output = METHODS[config.method](images, config, ctx)
     predicted = output.labels.cpu().numpy().astype(np.int64)
     total = time.perf_counter() - started
     ctx.report("done", len(output.history), len(output.history))

@@ -7,8 +7,9 @@ import torch
 from core.budget import SAFETY, Deadline, fit_epochs, parse_duration
 from core.config import ClusterConfig
 from core.errors import InvalidInput
-from core.pacing import budget_of, pace
+from core.pacing import budget_of, fastest_threads, pace
 from core.pipeline import cluster
+from core.runtime import cpu_threads
 
 CPU = torch.device("cpu")
 
@@ -82,3 +83,18 @@ def test_budgeted_cluster_reports_its_plan_and_keeps_to_it(images):
     trained = [r for r in reports if r.stage not in ("probe", "done")]
     assert all(r.epochs == planned and "eta_s" in r.metrics and r.metrics["time_budget_s"] == 10 for r in trained)
     assert result.timings["train"] < 10
+
+
+def test_the_probe_times_one_thread_beside_more_and_the_run_restores_them(images):
+    pixels, _ = images
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seconds, threads = fastest_threads(pixels, ClusterConfig(k=3, method="mmdc", batch_size=16), CPU)
+        assert seconds > 0 and threads in (1, 2)
+        assert torch.get_num_threads() == 2
+        with cpu_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
