@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import errors
+from api import errors, methods, openapi
 from api.headers import NoSniff
 from api.intake import IntakeError, problem_body
 from api.limits import BodySizeLimit
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Unsupervised image clustering as a service (MMDC, IMC-SwAV, k-means)",
         version="0.1.0",
         lifespan=lifespan,
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -50,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.predict_slots = asyncio.Semaphore(settings.predict_concurrency)
     errors.install(app)
+    app.add_exception_handler(405, methods.method_not_allowed)  # type: ignore[arg-type]
+    openapi.install(app)
     app.add_exception_handler(IntakeError, _intake_error)  # type: ignore[arg-type]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK)
     routers = (health.router, jobs.router, results.router, exports.router, predict.router, ui.router)

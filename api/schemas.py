@@ -47,6 +47,17 @@ class Problem(BaseModel):
     instance: str | None = None
 
 
+class FieldError(BaseModel):
+    field: str = Field(description="dotted name: `params.k`, `limit`, `archive`")
+    message: str
+
+
+class ValidationProblem(Problem):
+    """A 422: the fields at fault when the fault is in a field (an archive's content is not)."""
+
+    errors: list[FieldError] | None = None
+
+
 class ProgressOut(BaseModel):
     stage: str | None
     epoch: int | None

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from api import exports, thumbnails
 from api.deps import JobDep, SessionDep, SettingsDep
 from api.errors import ProblemError
-from api.routes.jobs import problems
+from api.openapi import NOT_SUCCEEDED, problems
 from api.routes.results import require_artifact, require_results
 from store import blobs, results
 
@@ -20,7 +20,11 @@ router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 @router.get(
     "/embeddings.npy",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, **problems(401, 404, 409)},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        **problems(401, 404, 409, 503, notes={
+            404: "or it finished before embeddings were kept (embeddings_not_found)", **NOT_SUCCEEDED}),
+    },
 )
 def get_embeddings(job: JobDep, settings: SettingsDep) -> FileResponse:
     """float32 (N, d) NumPy array; row i is the i-th assignment in upload order."""
@@ -34,7 +38,7 @@ def get_embeddings(job: JobDep, settings: SettingsDep) -> FileResponse:
 @router.get(
     "/export.zip",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/zip": {}}}, **problems(401, 404, 409)},
+    responses={200: {"content": {"application/zip": {}}}, **problems(401, 404, 409, 503, notes=NOT_SUCCEEDED)},
 )
 def export_zip(request: Request, job: JobDep, settings: SettingsDep) -> StreamingResponse:
     """Every image in a folder per cluster (`cluster-003/000042-name.png`), streamed."""
@@ -47,7 +51,11 @@ def export_zip(request: Request, job: JobDep, settings: SettingsDep) -> Streamin
 @router.get(
     "/images/{image_id}/thumbnail",
     response_class=FileResponse,
-    responses={200: {"content": {"image/jpeg": {}}}, **problems(401, 404, 409)},
+    responses={
+        200: {"content": {"image/jpeg": {}}},
+        **problems(401, 404, 409, 422, 503, notes={
+            404: "or it has no such image (image_not_found)", 409: NOT_SUCCEEDED[409], 422: "image_id is not a UUID"}),
+    },
 )
 def get_thumbnail(
     job: JobDep, image_id: uuid.UUID, session: SessionDep, settings: SettingsDep

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
 from pydantic import ValidationError
@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from api import cursors
 from api.deps import CallerDep, JobDep, SessionDep, SettingsDep
 from api.errors import ProblemError, params_problem
-from api.schemas import JobOut, JobPage, JobParams, Problem, job_out
+from api.openapi import BAD_CURSOR, BAD_MULTIPART, CURSOR, job_links, json_part, problems
+from api.schemas import JobOut, JobPage, JobParams, job_out
 from api.submission import Submission, submit_job
 from store import blobs, jobs
 from store.models import JobState
@@ -21,16 +22,29 @@ from store.models import JobState
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the problem+json answers of a route."""
-    return {s: {"model": Problem, "content": {"application/problem+json": {}}} for s in statuses}
-
-
 @router.post(
     "",
     status_code=202,
     response_model=JobOut,
-    responses=problems(400, 401, 413, 415, 422, 429, 503),
+    responses={
+        202: {
+            "description": "Queued (or the job an earlier request with this Idempotency-Key made)",
+            "headers": {"Location": {"required": True, "schema": {"type": "string"},
+                                     "description": "/jobs/{id}"}},
+            "links": job_links("$response.body#/id"),
+        },
+        **problems(400, 401, 413, 415, 422, 429, 503, notes={
+            **BAD_MULTIPART,
+            413: "the archive (archive-too-large) or the whole body (body-too-large)",
+            422: "params (invalid_params); a corrupt archive, a zip bomb, too many entries, no "
+            "readable image, fewer images than k (too_few_images); an Idempotency-Key reused "
+            "for another request",
+            503: "also when the job queue cannot be (broker_unavailable; the job is not kept)",
+        }),
+    },
+    # `params` is one JSON part; documenting it as the object lets a client (and a fuzzer) build it.
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": {
+        "encoding": {"params": {"contentType": "application/json"}}}}}},
 )
 async def create_job(
     request: Request,
@@ -39,7 +53,8 @@ async def create_job(
     session: SessionDep,
     caller: CallerDep,
     archive: Annotated[UploadFile, File(description="zip, tar or tar.gz of images")],
-    params: Annotated[str, Form(description='JSON object, e.g. {"k": 10, "method": "kmeans"}')],
+    params: Annotated[str, Form(description='JSON object, e.g. {"k": 10, "method": "kmeans"}',
+                                json_schema_extra=json_part(JobParams))],
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
     """Upload an archive and queue a clustering job; answers 202 with Location."""
@@ -92,23 +107,25 @@ def _parse_params(raw: str) -> JobParams:
         raise params_problem(error) from error
 
 
-@router.get("", response_model=JobPage, responses=problems(400, 401, 422))
+@router.get(
+    "",
+    response_model=JobPage,
+    responses={
+        200: {"links": job_links("$response.body#/items/0/id")},
+        **problems(400, 401, 422, 503, notes=BAD_CURSOR),
+    },
+)
 def list_jobs(
     session: SessionDep,
     caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, description=CURSOR)] = None,
 ) -> JobPage:
     """Jobs newest first; pass `next_cursor` back as `cursor` for the next page."""
     before = None
     if cursor:
-        created_at, job_id = cursors.decode(cursor, arity=2)
-        try:
-            before = (datetime.fromisoformat(created_at), uuid.UUID(job_id))
-        except (TypeError, ValueError) as error:
-            raise ProblemError(
-                400, "invalid_cursor", "Invalid cursor", "cursor is not one this API returned"
-            ) from error
+        created_at, job_id = cursors.decode(cursor, datetime.fromisoformat, uuid.UUID)
+        before = (created_at, job_id)
     rows = jobs.list_jobs(session, limit=limit + 1, before=before, owner_id=caller.key_id)
     page, more = rows[:limit], len(rows) > limit
     next_cursor = (
@@ -117,14 +134,24 @@ def list_jobs(
     return JobPage(items=[job_out(job) for job in page], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=problems(401, 404))
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    responses={200: {"links": job_links("$request.path.job_id")}, **problems(401, 404, 503)},
+)
 def get_job(job: JobDep) -> JobOut:
     """State, progress, counts, params, timings, metrics and error of one job."""
     return job_out(job)
 
 
 @router.post(
-    "/{job_id}/cancel", response_model=JobOut, status_code=202, responses=problems(401, 404, 409)
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    status_code=202,
+    responses={
+        202: {"description": "Cancelled (queued), or cancelling at the next epoch (running)"},
+        **problems(401, 404, 409, 503, notes={409: "it has finished (job_finished)"}),
+    },
 )
 def cancel_job(job: JobDep, session: SessionDep) -> JobOut:
     """Queued jobs are cancelled at once; running ones stop at their next epoch."""
@@ -140,7 +167,14 @@ def cancel_job(job: JobDep, session: SessionDep) -> JobOut:
     return job_out(job)
 
 
-@router.delete("/{job_id}", status_code=204, responses=problems(401, 404, 409))
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    responses={
+        204: {"description": "Deleted: the job, its results and its files"},
+        **problems(401, 404, 409, 503, notes={409: "it is running; cancel it first (job_running)"}),
+    },
+)
 def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Response:
     """Remove a job, its rows and its files; a running job must be cancelled first."""
     if job.state in (JobState.RUNNING, JobState.CANCELLING):

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, UploadFile
 
 from api.deps import JobDep, SettingsDep
+from api.openapi import BAD_MULTIPART, NOT_SUCCEEDED, problems
 from api.prediction import predict_uploads
-from api.routes.jobs import problems
 from api.routes.results import require_artifact
 from api.schemas import PredictionOut, PredictOut
 from store import blobs
@@ -17,7 +17,17 @@ from store import blobs
 router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 
 
-@router.post("/predict", response_model=PredictOut, responses=problems(401, 404, 409, 413, 422, 500, 504))
+@router.post(
+    "/predict",
+    response_model=PredictOut,
+    responses=problems(400, 401, 404, 409, 413, 422, 500, 503, 504, notes={
+        **BAD_MULTIPART,
+        404: "or it finished before models were kept (model_not_found)",
+        413: "an image over the per-file limit (image_too_large), or the whole body (body-too-large)",
+        422: "no image, or more than the per-request limit",
+        **NOT_SUCCEEDED,
+    }),
+)
 async def predict(
     request: Request,
     job: JobDep,

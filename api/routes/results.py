@@ -9,19 +9,25 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import cursors, exports
 from api.deps import JobDep, SessionDep
 from api.errors import ProblemError
-from api.routes.jobs import problems
+from api.openapi import BAD_CURSOR, CURSOR, NOT_SUCCEEDED, link, problems
 from api.schemas import AssignmentOut, AssignmentPage, ClusterOut, ClustersOut, ImageRef
+from core.config import MAX_K
 from store import results
 from store.models import Job, JobState
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 
+# A page's first image to its thumbnail (a stateful client follows it with a real image id).
+THUMBNAIL_OF_FIRST_ITEM = link(
+    "get_thumbnail", job_id="$request.path.job_id", image_id="$response.body#/items/0/image_id"
+)
 CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # spreadsheet formula triggers (OWASP)
 
 
@@ -44,7 +50,23 @@ def require_artifact(job: Job, path: Path, code: str, title: str, detail: str) -
     return path
 
 
-@router.get("/clusters", response_model=ClustersOut, responses=problems(401, 404, 409))
+@router.get(
+    "/clusters",
+    response_model=ClustersOut,
+    responses={
+        200: {
+            "links": {
+                **link("list_cluster_images", job_id="$request.path.job_id", cluster="$response.body#/clusters/0/id"),
+                **link(
+                    "get_thumbnail",
+                    job_id="$request.path.job_id",
+                    image_id="$response.body#/clusters/0/representatives/0/image_id",
+                ),
+            }
+        },
+        **problems(401, 404, 409, 503, notes=NOT_SUCCEEDED),
+    },
+)
 def list_clusters(job: JobDep, session: SessionDep) -> ClustersOut:
     """Every cluster: size, mean confidence and its most confident images."""
     require_results(job)
@@ -64,14 +86,20 @@ def list_clusters(job: JobDep, session: SessionDep) -> ClustersOut:
 @router.get(
     "/clusters/{cluster}/images",
     response_model=AssignmentPage,
-    responses=problems(400, 401, 404, 409),
+    responses={
+        200: {"links": THUMBNAIL_OF_FIRST_ITEM},
+        **problems(
+            400, 401, 404, 409, 422, 503,
+            notes={**BAD_CURSOR, 404: "or it has no such cluster (cluster_not_found)", **NOT_SUCCEEDED},
+        ),
+    },
 )
 def list_cluster_images(
     job: JobDep,
     session: SessionDep,
-    cluster: int,
+    cluster: Annotated[int, PathParam(ge=0, lt=MAX_K, description="cluster id, 0 to k-1")],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, description=CURSOR)] = None,
 ) -> AssignmentPage:
     """Members of one cluster, highest confidence first."""
     require_results(job)
@@ -81,8 +109,8 @@ def list_cluster_images(
         )
     after = None
     if cursor:
-        confidence, seq = cursors.decode(cursor, arity=2)
-        after = (float(confidence), int(seq))
+        confidence, seq = cursors.decode(cursor, float, cursors.position)
+        after = (confidence, seq)
     rows = results.list_cluster_members(
         session, job_id=job.id, cluster=cluster, after=after, limit=limit + 1
     )
@@ -103,9 +131,10 @@ def list_cluster_images(
                 "text/csv": {},
                 "application/x-ndjson": {},
                 "application/vnd.apache.parquet": {},
-            }
+            },
+            "links": THUMBNAIL_OF_FIRST_ITEM,
         },
-        **problems(400, 401, 404, 409),
+        **problems(400, 401, 404, 409, 422, 503, notes={**BAD_CURSOR, **NOT_SUCCEEDED}),
     },
 )
 def list_assignments(
@@ -113,14 +142,14 @@ def list_assignments(
     job: JobDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, description=CURSOR)] = None,
     format: Annotated[Literal["json", "csv", "jsonl", "parquet"], Query()] = "json",
 ) -> AssignmentPage | StreamingResponse:
     """Every image's cluster in upload order; `format=csv|jsonl|parquet` gives the whole set."""
     require_results(job)
     if format != "json":
         return _export(request.app.state.sessions, job, format)
-    after = int(cursors.decode(cursor, arity=1)[0]) if cursor else None
+    after = cursors.decode(cursor, cursors.position)[0] if cursor else None
     rows = results.list_assignments(session, job_id=job.id, after_seq=after, limit=limit + 1)
     page, more = rows[:limit], len(rows) > limit
     return AssignmentPage(

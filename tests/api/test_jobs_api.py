@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from api import cursors
 from core.config import DEFAULT_METHOD
 from store import blobs, jobs, keys
 from store.models import Image, Job, JobState
@@ -292,3 +293,12 @@ def test_orphan_upload_folders_are_swept_at_start(app: object, settings: Setting
     assert not blobs.job_dir(settings, orphan).exists()
     assert isinstance(json.dumps({}), str) and isinstance(Path("."), Path)
     assert JobState.QUEUED == "queued"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [("2024-01-01T00:00:00+00:00", 5), (1, 2), ("yesterday", str(uuid.uuid4())), ("2024-01-01", "no-uuid"), ("x",)],
+)
+def test_list_jobs_refuses_a_forged_cursor_with_400_not_500(client: TestClient, values: tuple[object, ...]) -> None:
+    body = assert_problem(client.get("/jobs", params={"cursor": cursors.encode(*values)}), 400)
+    assert body["type"].endswith("/invalid_cursor")

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from api import cursors
 from api.routes.results import neutralise
 from store.settings import Settings
 from tests.conftest import COLOURS, make_zip, png_bytes
@@ -80,3 +81,20 @@ def test_neutralise_prefixes_formula_cells_only() -> None:
         "'\tx",
         "red/1.png",
     ]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_forged_cursors_and_impossible_clusters_are_4xx_not_500(client: TestClient, finished_job: dict) -> None:  # type: ignore[type-arg]
+    url = f"/jobs/{finished_job['id']}"
+    forged = {
+        f"{url}/clusters/0/images": [("high", "x"), (0.5, 2**70), (0.5, -1), (0.5,)],
+        f"{url}/assignments": [("a",), (2**70,), (1.5,), (None,), (1, 2)],
+    }
+    for path, cursors_ in forged.items():
+        for values in cursors_:
+            response = client.get(path, params={"cursor": cursors.encode(*values)})
+            assert response.status_code == 400, (path, values, response.text)
+            assert response.json()["type"].endswith("/invalid_cursor")
+    for cluster in (-1, 2**70, 1000):
+        assert client.get(f"{url}/clusters/{cluster}/images").status_code == 422, cluster
+    assert client.get(f"{url}/clusters/0/images", params={"cursor": cursors.encode(2.0, 0)}).status_code == 200
