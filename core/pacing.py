@@ -1,8 +1,8 @@
 """Fitting a run to its time budget: probe the method's speed on the images, plan the epochs.
 
 The probe runs the method itself (its real training step at the run's batch size, augmentations
-and per-epoch work such as MMDC's refinement) for a few one-batch epochs on a random sample of
-the images, and scales the time of an epoch to all of them. core/budget.py turns that into the
+and per-epoch work such as MMDC's refinement) for a few short epochs on a random sample of the
+images (a quarter of a small set), and scales the time of an epoch to all of them. core/budget.py turns that into the
 epoch count.
 
 On a CPU the probe also tries one thread against torch's default (one per core) and the run keeps
