@@ -38,9 +38,9 @@ PLANS = {"mmdc": mmdc_plan.make_plan, "imc": imc_plan.make_plan}
 PROBE_IMAGES, PROBE_SHARE, PROBE_MAX = 256, 4, 2048
 # Epochs of the probe: the first pays the warm-up (allocations, oneDNN's kernel choices); on
 # CUDA the next three are the eager steps before a step's graph is captured (core/graphs.py).
-# The fastest later epoch is the estimate: a neighbour's burst only ever slows one down, and the
-# deadline catches a run that then goes slower (the median of two fitted 7 IMC-SwAV epochs into
-# 60 s that took 36 s, bench/RESULTS.md).
+# The median of the later epochs (three on a CPU) is the estimate: one neighbour's burst does not
+# move it (the larger of two fitted 7 IMC-SwAV epochs into 60 s that took 36 s), and the fastest
+# planned 86 epochs into 110 s of which the deadline let 74 run (bench/RESULTS.md).
 PROBE_EPOCHS = {"cpu": 4, "cuda": 8}
 
 
@@ -134,7 +134,7 @@ def seconds_per_epoch(images: torch.Tensor, config: ClusterConfig, device: torch
 
     output = METHODS[config.method](sample, probe, RunContext(device=device, generator=generator, on_progress=give_up))
     lengths = np.diff([0.0] + [record["seconds"] for record in output.history])
-    return float(lengths[1:].min()) * n / m
+    return float(np.median(lengths[1:])) * n / m
 
 
 def checkpointed_epochs(path: Path | None, config: ClusterConfig) -> int | None:
