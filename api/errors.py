@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from store.jobs import problem
@@ -17,6 +18,7 @@ from store.jobs import problem
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+BUSY_RETRY_AFTER_S = 1  # a connection frees in milliseconds; a client may come back soon
 
 
 class ProblemError(Exception):
@@ -36,6 +38,17 @@ class ProblemError(Exception):
         self.status, self.slug, self.title, self.detail = status, slug, title, detail
         self.headers = headers or {}
         self.extra = extra
+
+
+def busy() -> ProblemError:
+    """The 503 for a saturated service: every database connection is in use."""
+    return ProblemError(
+        503,
+        "service_busy",
+        "Service busy",
+        "every database connection is in use; retry shortly",
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+    )
 
 
 def problem_response(
@@ -124,6 +137,12 @@ def install(app: FastAPI) -> None:
             headers={"Retry-After": "5"},
             instance=request.url.path,
         )
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_timeout(request: Request, exc: PoolTimeout) -> Response:
+        # a connection taken outside the request seats (a stream, an upload) left none free
+        log.warning("no database connection free within the pool timeout")
+        return await _problem(request, busy())
 
     @app.exception_handler(DBAPIError)
     async def _dbapi(request: Request, exc: DBAPIError) -> JSONResponse:

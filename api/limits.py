@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.archives import PROBLEM_TYPE_BASE
 
 PROBLEM_SLUG = "body-too-large"
+BODYLESS = frozenset({"GET", "HEAD"})  # no route reads their body: not worth a guard per read
 
 
 class BodyTooLargeError(Exception):
@@ -29,7 +30,7 @@ class BodySizeLimit:
         self.paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._guards(scope["path"]):
+        if scope["type"] != "http" or scope["method"] in BODYLESS or not self._guards(scope["path"]):
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)

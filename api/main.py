@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -14,8 +15,10 @@ from fastapi.staticfiles import StaticFiles
 from api import errors, methods, openapi
 from api.headers import NoSniff
 from api.intake import IntakeError, problem_body
+from api.key_presence import KeyPresence
 from api.limits import BodySizeLimit
 from api.routes import exports, health, jobs, predict, results, ui
+from api.seats import Seats
 from store import blobs
 from store import jobs as job_store
 from store.db import make_engine, make_sessionmaker
@@ -25,6 +28,8 @@ from store.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 MULTIPART_SLACK = 1024 * 1024  # room for the params field and part headers next to the archive
+# threads beyond the database seats: uploads' decoding, file responses, pages, /ready
+THREAD_HEADROOM = 20
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        size_thread_pool(settings)
         sweep_orphans(app, older_than_s=settings.orphan_grace_s)
         yield
         engine.dispose()
@@ -50,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_sessionmaker(engine)
     app.state.celery = make_celery(settings)
     app.state.predict_slots = asyncio.Semaphore(settings.predict_concurrency)
+    app.state.seats = Seats(settings.database_pool_size, settings.database_wait_s)
+    app.state.key_presence = KeyPresence()
     errors.install(app)
     app.add_exception_handler(405, methods.method_not_allowed)  # type: ignore[arg-type]
     openapi.install(app)
@@ -61,6 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/ui/static", StaticFiles(packages=[("api", "static")]), name="static")
     app.add_middleware(NoSniff)
     return app
+
+
+def size_thread_pool(settings: Settings) -> None:
+    """More threads than seats, so seated requests always find a thread and others still do."""
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = max(limiter.total_tokens, settings.database_pool_size + THREAD_HEADROOM)
 
 
 async def _intake_error(request: Request, exc: IntakeError) -> JSONResponse:

@@ -179,6 +179,12 @@ def _expected_end(reported_at: datetime | None, eta_s: float | None) -> datetime
 
 def job_out(job: Any) -> JobOut:
     """The API view of a store.models.Job row."""
+    return JobOut.model_validate(job_view(job))
+
+
+def job_view(job: Any) -> dict[str, Any]:
+    """`job_out` as plain data: one validation of it builds the nested models in pydantic-core,
+    about twice as fast as a constructor call per model (a page of 50 jobs builds 300)."""
     progress_metrics = job.progress_metrics or {}
     percent = None
     if job.state == "succeeded":
@@ -188,38 +194,38 @@ def job_out(job: Any) -> JobOut:
     reasons: dict[str, int] = {}
     for entry in job.skipped:
         reasons[entry["reason"]] = reasons.get(entry["reason"], 0) + 1
-    return JobOut(
-        id=job.id,
-        name=job.name,
-        state=job.state,
-        params=job.params,
-        progress=ProgressOut(
-            stage=job.stage,
-            epoch=job.epoch,
-            epochs=job.epochs,
-            percent=percent,
-            loss=progress_metrics.get("loss"),
-            images_per_s=progress_metrics.get("images_per_s"),
-            updated_at=job.progress_at,
-            time_budget_s=progress_metrics.get("time_budget_s"),
-            seconds_per_epoch=progress_metrics.get("seconds_per_epoch"),
-            expected_end_at=_expected_end(job.progress_at, progress_metrics.get("eta_s")),
-        ),
-        counts=Counts(
-            entries=job.archive_entries,
-            images=job.n_images,
-            skipped=job.n_skipped,
-            skipped_by_reason=reasons,
-            clustered=job.n_clustered,
-        ),
-        skipped=[SkippedEntry(**entry) for entry in job.skipped[:100]],
-        metrics=Metrics(**job.metrics) if job.metrics else None,
-        timings=job.timings,
-        device=job.device,
-        error=Problem(**job.error) if job.error else None,
-        attempts=job.attempts,
-        resumed_from_epoch=job.resumed_from_epoch,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-    )
+    return {
+        "id": job.id,
+        "name": job.name,
+        "state": job.state,
+        "params": job.params,
+        "progress": {
+            "stage": job.stage,
+            "epoch": job.epoch,
+            "epochs": job.epochs,
+            "percent": percent,
+            "loss": progress_metrics.get("loss"),
+            "images_per_s": progress_metrics.get("images_per_s"),
+            "updated_at": job.progress_at,
+            "time_budget_s": progress_metrics.get("time_budget_s"),
+            "seconds_per_epoch": progress_metrics.get("seconds_per_epoch"),
+            "expected_end_at": _expected_end(job.progress_at, progress_metrics.get("eta_s")),
+        },
+        "counts": {
+            "entries": job.archive_entries,
+            "images": job.n_images,
+            "skipped": job.n_skipped,
+            "skipped_by_reason": reasons,
+            "clustered": job.n_clustered,
+        },
+        "skipped": job.skipped[:100],
+        "metrics": job.metrics or None,
+        "timings": job.timings,
+        "device": job.device,
+        "error": job.error or None,
+        "attempts": job.attempts,
+        "resumed_from_epoch": job.resumed_from_epoch,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }

@@ -114,14 +114,21 @@ def start_api(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "worker.cli", "api", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    deadline = time.monotonic() + 60
+    if not healthy(port):
+        raise RuntimeError("API did not start")
+    return process
+
+
+def healthy(port: int, within_s: float = 60) -> bool:
+    """Whether GET /health on the local `port` answers 200 within `within_s`."""
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
+                return True
         except httpx.HTTPError:
             time.sleep(0.2)
-    raise RuntimeError("API did not start")
+    return False
 
 
 def measure_upload(base: str, pid: int, archive: Path) -> dict[str, float]:

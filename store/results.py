@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import delete, insert, or_, select
 from sqlalchemy.orm import Session
 
-from store.models import Assignment, Cluster, Image
+from store.models import Assignment, Cluster, Image, Job
 
 REPRESENTATIVES = 5  # images shown per cluster in GET /jobs/{id}/clusters
 
@@ -83,6 +83,39 @@ def _summaries(
 def list_clusters(session: Session, *, job_id: uuid.UUID) -> list[Cluster]:
     query = select(Cluster).where(Cluster.job_id == job_id).order_by(Cluster.cluster)
     return list(session.scalars(query))
+
+
+@dataclass(frozen=True)
+class JobClusters:
+    """A job's owner and state with its cluster rows (none unless it succeeded)."""
+
+    id: uuid.UUID
+    owner_id: uuid.UUID | None
+    state: str
+    clusters: list[Any]  # rows of (cluster, size, mean_confidence, representatives)
+
+
+def job_clusters(session: Session, *, job_id: uuid.UUID) -> JobClusters | None:
+    """The job and its clusters in one query: GET /jobs/{id}/clusters' one read of the database."""
+    query = (
+        select(
+            Job.owner_id,
+            Job.state,
+            Cluster.cluster,
+            Cluster.size,
+            Cluster.mean_confidence,
+            Cluster.representatives,
+        )
+        .select_from(Job)
+        .outerjoin(Cluster, Cluster.job_id == Job.id)
+        .where(Job.id == job_id)
+        .order_by(Cluster.cluster)
+    )
+    rows = session.execute(query).all()
+    if not rows:
+        return None
+    clusters = [row for row in rows if row.cluster is not None]  # the outer join's NULL row
+    return JobClusters(job_id, rows[0].owner_id, rows[0].state, clusters)
 
 
 def get_cluster(session: Session, *, job_id: uuid.UUID, cluster: int) -> Cluster | None:

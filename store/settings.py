@@ -24,6 +24,16 @@ class Settings(BaseSettings):
     # unless the URL sets its own. A worker forks no job child while its reaper is in a pass, so
     # an unreachable server must fail a pass in seconds, not after the system's TCP timeout.
     database_connect_timeout_s: Annotated[int, Field(ge=2)] = 10
+    # Pooled connections per process. The API lets at most this many requests hold a session at
+    # once (api/seats.py), so they never open an overflow connection: one opened and closed per
+    # request under load costs Postgres a backend fork each time. The overflow serves what runs
+    # outside a request's session (streamed exports, an upload's commit, /ready). Two API
+    # processes and the workers stay well inside Postgres's default max_connections of 100.
+    database_pool_size: Annotated[int, Field(ge=1)] = 20
+    database_max_overflow: Annotated[int, Field(ge=0)] = 10
+    # How long a request waits for a connection before it is answered 503 with Retry-After:
+    # a saturated service says so at once instead of queueing every client for SQLAlchemy's 30 s.
+    database_wait_s: Annotated[float, Field(gt=0)] = 2.0
     queue_name: str = "corral"
 
     # Upload intake (see api/intake.py).

@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     api = subparsers.add_parser("api", help="the HTTP API only")
     _host_port(api)
+    api.add_argument("--workers", type=int, default=1, help="API processes (uvicorn workers)")
     api.set_defaults(func=cmd_api)
 
     worker = subparsers.add_parser("worker", help="a Celery worker that runs jobs")
@@ -83,6 +84,11 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     _logging(settings)
+    workers = getattr(args, "workers", 1)  # `serve` runs one
+    if workers > 1:  # each process builds its own app (engine, pool, seats) from the environment
+        uvicorn.run("api.main:create_app", factory=True, workers=workers, host=args.host,
+                    port=args.port, log_level="info")
+        return 0
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     return 0
 

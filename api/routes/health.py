@@ -15,7 +15,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=Health)
-def health() -> Health:
+async def health() -> Health:  # async: answers even when every thread is busy
     """The process is up."""
     return Health(status="ok")
 

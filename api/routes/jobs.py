@@ -9,15 +9,25 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api import cursors
-from api.deps import CallerDep, JobDep, SessionDep, SettingsDep
+from api.deps import (
+    CallerDep,
+    CallerLookup,
+    CallerLookupDep,
+    JobDep,
+    SessionDep,
+    SettingsDep,
+    close_session,
+)
 from api.errors import ProblemError, params_problem
 from api.openapi import BAD_CURSOR, BAD_MULTIPART, CURSOR, job_links, json_part, problems
-from api.schemas import JobOut, JobPage, JobParams, job_out
+from api.schemas import JobOut, JobPage, JobParams, job_out, job_view
 from api.submission import Submission, submit_job
 from store import blobs, jobs
-from store.models import JobState
+from store.models import Job, JobState
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -70,7 +80,7 @@ async def create_job(
                 f"{settings.max_active_jobs_per_key}); wait for one to finish",
                 headers={"Retry-After": "30"},
             )
-    session.close()  # the upload can take minutes; hold no connection meanwhile
+    close_session(session)  # the upload can take minutes; hold no connection or seat meanwhile
     submission = Submission(parsed, archive, caller.key_id, idempotency_key)
     job, _ = await submit_job(
         submission,
@@ -115,9 +125,9 @@ def _parse_params(raw: str) -> JobParams:
         **problems(400, 401, 422, 503, notes=BAD_CURSOR),
     },
 )
-def list_jobs(
+async def list_jobs(
     session: SessionDep,
-    caller: CallerDep,
+    find_caller: CallerLookupDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200, description=CURSOR)] = None,
 ) -> JobPage:
@@ -126,12 +136,20 @@ def list_jobs(
     if cursor:
         created_at, job_id = cursors.decode(cursor, datetime.fromisoformat, uuid.UUID)
         before = (created_at, job_id)
-    rows = jobs.list_jobs(session, limit=limit + 1, before=before, owner_id=caller.key_id)
+    # async, all its reads in one thread-pool call: each hop costs more under load than a query
+    rows = await run_in_threadpool(_page, find_caller, session, limit + 1, before)
     page, more = rows[:limit], len(rows) > limit
     next_cursor = (
         cursors.encode(page[-1].created_at.isoformat(), str(page[-1].id)) if more else None
     )
-    return JobPage(items=[job_out(job) for job in page], next_cursor=next_cursor)
+    return JobPage.model_validate({"items": [job_view(job) for job in page], "next_cursor": next_cursor})
+
+
+def _page(
+    find_caller: CallerLookup, session: Session, limit: int, before: tuple[datetime, uuid.UUID] | None
+) -> list[Job]:
+    owner_id = find_caller().key_id
+    return jobs.list_jobs(session, limit=limit, before=before, owner_id=owner_id)
 
 
 @router.get(
@@ -139,7 +157,7 @@ def list_jobs(
     response_model=JobOut,
     responses={200: {"links": job_links("$request.path.job_id")}, **problems(401, 404, 503)},
 )
-def get_job(job: JobDep) -> JobOut:
+async def get_job(job: JobDep) -> JobOut:  # async: no I/O left, so no thread hop
     """State, progress, counts, params, timings, metrics and error of one job."""
     return job_out(job)
 

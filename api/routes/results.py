@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from api import cursors, exports
-from api.deps import JobDep, SessionDep
+from api.deps import JobDep, JobLookup, JobLookupDep, SessionDep
 from api.errors import ProblemError
 from api.openapi import BAD_CURSOR, CURSOR, NOT_SUCCEEDED, link, problems
-from api.schemas import AssignmentOut, AssignmentPage, ClusterOut, ClustersOut, ImageRef
+from api.schemas import AssignmentOut, AssignmentPage, ClustersOut
 from core.config import MAX_K
 from store import results
 from store.models import Job, JobState
@@ -31,7 +33,14 @@ THUMBNAIL_OF_FIRST_ITEM = link(
 CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # spreadsheet formula triggers (OWASP)
 
 
-def require_results(job: Job) -> None:
+class Stated(Protocol):
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def state(self) -> str: ...
+
+
+def require_results(job: Stated) -> None:
     if job.state != JobState.SUCCEEDED:
         raise ProblemError(
             409,
@@ -67,20 +76,27 @@ def require_artifact(job: Job, path: Path, code: str, title: str, detail: str) -
         **problems(401, 404, 409, 503, notes=NOT_SUCCEEDED),
     },
 )
-def list_clusters(job: JobDep, session: SessionDep) -> ClustersOut:
+async def list_clusters(find_job: JobLookupDep, session: SessionDep) -> ClustersOut:
     """Every cluster: size, mean confidence and its most confident images."""
-    require_results(job)
-    rows = results.list_clusters(session, job_id=job.id)
+    # async, all its reads in one thread-pool call: each hop costs more under load than a query
+    found = await run_in_threadpool(_clusters, find_job, session)
     clusters = [
-        ClusterOut(
-            id=row.cluster,
-            size=row.size,
-            mean_confidence=row.mean_confidence,
-            representatives=[ImageRef(**ref) for ref in row.representatives],
-        )
-        for row in rows
+        {
+            "id": row.cluster,
+            "size": row.size,
+            "mean_confidence": row.mean_confidence,
+            "representatives": row.representatives,
+        }
+        for row in found.clusters
     ]
-    return ClustersOut(job_id=job.id, k=len(clusters), clusters=clusters)
+    # one validation of plain data: pydantic-core builds the nested models faster than Python
+    return ClustersOut.model_validate({"job_id": found.id, "k": len(clusters), "clusters": clusters})
+
+
+def _clusters(find_job: JobLookup, session: Session) -> results.JobClusters:
+    found = find_job.read(lambda session, job_id: results.job_clusters(session, job_id=job_id))
+    require_results(found)
+    return found
 
 
 @router.get(

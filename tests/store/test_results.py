@@ -54,3 +54,21 @@ def test_cluster_members_page_by_confidence(session: Session) -> None:
         (0.1, 4),
     ]
     assert results.get_cluster(session, job_id=uuid.uuid4(), cluster=0) is None
+
+
+def test_job_clusters_reads_the_job_and_its_clusters_at_once(session: Session) -> None:
+    job = new_job(session, n=4)
+    session.commit()
+    assert results.job_clusters(session, job_id=uuid.uuid4()) is None
+    bare = results.job_clusters(session, job_id=job.id)
+    assert bare is not None and bare.clusters == [] and bare.state == job.state
+    images = jobs.list_images(session, job_id=job.id)
+    results.write_results(
+        session, job_id=job.id, images=images, labels=[1, 0, 1, 1],
+        confidences=[0.5, 0.9, 0.7, 0.6], k=3,
+    )
+    session.commit()
+    found = results.job_clusters(session, job_id=job.id)
+    assert found is not None and (found.id, found.owner_id) == (job.id, job.owner_id)
+    assert [(row.cluster, row.size) for row in found.clusters] == [(0, 1), (1, 3), (2, 0)]
+    assert found.clusters[1].representatives[0]["confidence"] == 0.7
