@@ -2,7 +2,7 @@
 
 Nothing here extracts by member name or trusts a size written in a header: members are read as
 streams, and every byte a decompressor produces is counted against `IntakeLimits` (`Meter`).
-The zip and tar readers themselves live in `api.archive_readers`.
+The zip and tar readers themselves live in `api.zips` and `api.archive_readers`.
 """
 
 from __future__ import annotations

@@ -109,8 +109,7 @@ def zip_stream(
     with sessions() as session, zipfile.ZipFile(pipe, "w", zipfile.ZIP_STORED) as archive:
         for row in results.iter_image_files(session, job_id=job_id):
             info = zipfile.ZipInfo(member_name(row))
-            source = blobs.image_path(settings, job_id, row.blob_name)
-            with source.open("rb") as src, archive.open(info, "w") as dest:
+            with blobs.open_image(settings, job_id, row) as src, archive.open(info, "w") as dest:
                 while chunk := src.read(CHUNK):
                     dest.write(chunk)
             yield pipe.take()

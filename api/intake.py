@@ -2,10 +2,12 @@
 
 `save_upload` writes the request body to a file with a byte cap. `extract_images` detects the
 archive by content, refuses bombs and oversized directories (`IntakeError`, a 4xx problem),
-skips members that are not usable images (`SkippedEntry` with a reason slug), and stores each
-accepted image under a generated name in `dest_dir` (the job's own, fresh folder). It never
-writes outside `dest_dir`, never uses a member's name as a file name, never replaces an existing
-file, and removes every file it wrote when it raises.
+skips members that are not usable images (`SkippedEntry` with a reason slug), and appends each
+accepted image to one pack file in `dest_dir` (the job's own, fresh folder; each image records
+its offset). One file per upload rather than per image: creating 70,000 small files cost
+0.04-0.6 ms each on this machine's disk, most of a big upload's time. It never writes outside
+`dest_dir`, never uses a member's name as a file name, never replaces an existing file, keeps no
+byte of a skipped member, and removes the pack when it raises.
 
 Problem types are `https://corral.dev/problems/<slug>` (see `PROBLEMS` in `api.archives`).
 """
@@ -20,7 +22,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image
 
@@ -36,6 +38,7 @@ from api.archives import (
     check_declared,
     detect_format,
 )
+from store.blobs import PACK_NAME, Slice
 
 __all__ = [
     "AcceptedImage",
@@ -68,13 +71,15 @@ _IMAGE_MAGICS = (
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 VERIFY_IN_MEMORY_BYTES = 8 << 20  # smaller members are decoded from the bytes just written
+PACK_BUFFER = 1 << 20  # MNIST images are ~300 bytes: one write syscall per ~3,000 of them
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per image, 70,000 of them for MNIST
 class AcceptedImage:
     path: str  # member path inside the archive, normalised, display only
     blob_name: str  # generated file name under dest_dir (never derived from the member name)
+    blob_offset: int  # where this image's bytes start in that file
     size_bytes: int
     width: int
     height: int
@@ -132,16 +137,19 @@ def extract_images(archive: Path, dest_dir: Path, limits: IntakeLimits) -> Intak
     """Store the readable images of `archive` in `dest_dir`; see the module docstring."""
     kind = detect_format(archive)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []  # every file this call created, for cleanup on failure
+    pack: _Pack | None = None
     try:
         reader = open_archive(archive, kind, limits)
         try:
-            result = _take_members(reader, kind, dest_dir, limits, written)
+            pack = _Pack(dest_dir / PACK_NAME)
+            result = _take_members(reader, kind, pack, limits)
         finally:
             reader.close()
         _require_images(result)
+        pack.finish()
     except BaseException as error:
-        _remove(written)
+        if pack is not None:
+            pack.discard()
         if isinstance(error, IntakeError | MemoryError) or not isinstance(error, Exception):
             raise
         logger.warning("intake of %s failed unexpectedly", archive, exc_info=True)
@@ -150,9 +158,7 @@ def extract_images(archive: Path, dest_dir: Path, limits: IntakeLimits) -> Intak
     return result
 
 
-def _take_members(
-    reader: Archive, kind: str, dest_dir: Path, limits: IntakeLimits, written: list[Path]
-) -> IntakeResult:
+def _take_members(reader: Archive, kind: str, pack: _Pack, limits: IntakeLimits) -> IntakeResult:
     result = IntakeResult(archive_format=kind, entries=reader.entries)
     seen: set[str] = set()
     for member in reader.members():
@@ -165,7 +171,7 @@ def _take_members(
             if reason is not None:
                 raise MemberError(reason)
             assert path is not None
-            result.images.append(_take_image(reader, member, path, dest_dir, limits, written))
+            result.images.append(_take_image(reader, member, path, pack, limits))
         except MemberError as skip:
             shown = path or "".join(c if c.isprintable() else "?" for c in member.name[:256])
             result.skipped.append(SkippedEntry(shown, skip.reason))
@@ -211,27 +217,22 @@ def _safe_path(name: str) -> str | None:
 
 
 def _take_image(
-    reader: Archive,
-    member: Member,
-    path: str,
-    dest_dir: Path,
-    limits: IntakeLimits,
-    written: list[Path],
+    reader: Archive, member: Member, path: str, pack: _Pack, limits: IntakeLimits
 ) -> AcceptedImage:
     with reader.open(member) as stream:
         head = stream.read(HEAD_BYTES)
-        extension = _image_extension(head)
-        if extension is None:
+        if _image_extension(head) is None:
             raise MemberError(_not_image_reason(head))
-        blob = dest_dir / f"{member.index:06d}.{extension}"
+        start = pack.size
         try:
-            size, data = _write(blob, head, stream, written)
-            image_format, width, height = _check_image(io.BytesIO(data) if data else blob, limits)
+            data = pack.append(head, stream)
+            size = pack.size - start
+            with io.BytesIO(data) if data is not None else pack.view(start, size) as source:
+                image_format, width, height = _check_image(source, limits)
         except MemberError:
-            if written and written[-1] == blob:
-                written.pop().unlink()
+            pack.cut(start)  # a skipped member leaves none of its bytes
             raise
-    return AcceptedImage(path, blob.name, size, width, height, image_format)
+    return AcceptedImage(path, pack.path.name, start, size, width, height, image_format)
 
 
 def _image_extension(head: bytes) -> str | None:
@@ -253,25 +254,48 @@ def _not_image_reason(head: bytes) -> str:
         return "not_an_image"
 
 
-def _write(blob: Path, head: bytes, stream: MemberStream, written: list[Path]) -> tuple[int, bytes | None]:
-    """Copy the member into a new file (never an existing path or a link).
+class _Pack:
+    """The upload's one image file, created new (never an existing path or a link)."""
 
-    Returns its size and, when it is small, its bytes, so the check need not read it back.
-    """
-    fd = os.open(blob, _OPEN_FLAGS, 0o600)
-    written.append(blob)  # only once it is ours: a clash must not delete someone else's file
-    kept = [head]
-    with os.fdopen(fd, "wb") as out:
-        out.write(head)
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # O_EXCL: a clash raises here, so `discard` can only ever remove a file of ours
+        fd = os.open(path, _OPEN_FLAGS, 0o600)
+        self._out = os.fdopen(fd, "wb", buffering=PACK_BUFFER)
+        self.size = 0
+
+    def append(self, head: bytes, stream: MemberStream) -> bytes | None:
+        """Copy one member to the end; its bytes when small, so the check need not read back."""
+        kept = [head]
+        self._out.write(head)
         while chunk := stream.read():
-            out.write(chunk)
+            self._out.write(chunk)
             if stream.done <= VERIFY_IN_MEMORY_BYTES:
                 kept.append(chunk)
-    small = stream.done <= VERIFY_IN_MEMORY_BYTES
-    return stream.done, b"".join(kept) if small else None
+        self.size += stream.done
+        return b"".join(kept) if stream.done <= VERIFY_IN_MEMORY_BYTES else None
+
+    def view(self, start: int, size: int) -> BinaryIO:
+        self._out.flush()
+        return io.BufferedReader(Slice(self.path.open("rb"), start, size))
+
+    def cut(self, start: int) -> None:
+        self._out.seek(start)
+        self._out.truncate()
+        self.size = start
+
+    def finish(self) -> None:
+        """Flush and fsync once for the whole upload, before its rows are committed."""
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()
+
+    def discard(self) -> None:
+        self._out.close()
+        self.path.unlink(missing_ok=True)
 
 
-def _check_image(source: Path | io.BytesIO, limits: IntakeLimits) -> tuple[str, int, int]:
+def _check_image(source: BinaryIO, limits: IntakeLimits) -> tuple[str, int, int]:
     """(format, width, height) once the header passes the pixel cap and the image decodes."""
     try:
         with Image.open(source, formats=ALLOWED_FORMATS) as image:
@@ -310,9 +334,3 @@ def _require_images(result: IntakeResult) -> None:
             "skipped_reasons": dict(reasons),
         },
     )
-
-
-def _remove(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-    paths.clear()

@@ -14,17 +14,18 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from store import blobs
+from store.results import ImageFile
 from store.settings import Settings
 
 SIDE = 128  # px, the longer side of a preview
 QUALITY = 85
 
 
-def thumbnail_path(settings: Settings, job_id: uuid.UUID, image_id: uuid.UUID, blob_name: str) -> Path:
+def thumbnail_path(settings: Settings, job_id: uuid.UUID, image: ImageFile) -> Path:
     """The cached preview of one image, made on first request."""
-    path = blobs.thumbnails_dir(settings, job_id) / f"{image_id}.jpg"
+    path = blobs.thumbnails_dir(settings, job_id) / f"{image.image_id}.jpg"
     if not path.is_file():
-        data = render(blobs.image_path(settings, job_id, blob_name).read_bytes())
+        data = render(blobs.read_image(settings, job_id, image))
         path.parent.mkdir(exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # concurrent makers race safely
         partial.write_bytes(data)

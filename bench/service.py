@@ -44,6 +44,7 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 class Synthetic:
     path: str
     blob_name: str
+    blob_offset: int | None = None
     size_bytes: int = 100
     width: int = 16
     height: int = 16
@@ -109,9 +110,10 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def start_api(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def start_api(env: dict[str, str], port: int, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """`corral api` (from the source tree `cwd`, default this one), once /health answers."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "api", "--port", str(port)],
+        [sys.executable, "-m", "worker.cli", "api", "--port", str(port)], cwd=cwd,
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     if not healthy(port):

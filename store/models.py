@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Float,
@@ -157,6 +158,9 @@ class Image(Base):
     seq: Mapped[int]  # position in upload order; the assignments cursor
     path: Mapped[str] = mapped_column(String(1024))  # member path in the archive (display only)
     blob_name: Mapped[str] = mapped_column(String(128))
+    # Where the bytes start inside the blob: a job's images share one pack file (one create
+    # instead of one per image). None: the blob is this image's own file (jobs from before packs).
+    blob_offset: Mapped[int | None] = mapped_column(BigInteger)
     size_bytes: Mapped[int]
     width: Mapped[int]
     height: Mapped[int]

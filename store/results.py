@@ -184,11 +184,14 @@ class ImageFile:
     blob_name: str
     cluster: int
     confidence: float
+    blob_offset: int | None = None  # None: the blob is this image's own file
+    size_bytes: int = 0
 
 
 def _image_file_query() -> Any:
     return select(
-        Assignment.seq, Image.id, Image.path, Image.blob_name, Assignment.cluster, Assignment.confidence
+        Assignment.seq, Image.id, Image.path, Image.blob_name, Assignment.cluster,
+        Assignment.confidence, Image.blob_offset, Image.size_bytes,
     ).join(Image, Image.id == Assignment.image_id)
 
 

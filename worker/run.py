@@ -8,6 +8,7 @@ cancellation was requested or when the reaper gave the job to another worker.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import core
 from core.config import ClusterConfig
-from core.data.images import ImageSet, decode_files
+from core.data.images import ImageSet, Opener, decode_sources
 from core.predict import save_model
 from core.result import ClusterResult, Progress
 from store import blobs, jobs, results
@@ -229,10 +230,11 @@ def _decode(
             skipped.append({"path": image.path, "reason": "duplicate_path"})
         else:
             by_path[image.path] = image
-    files = [
-        (path, blobs.image_path(settings, job_id, row.blob_name)) for path, row in by_path.items()
-    ]
-    image_set = decode_files(files, image_size=config.image_size)
+    # an opener per image: decoding reads each image twice (header pass, then pixels)
+    sources: dict[str, Opener] = {
+        path: functools.partial(blobs.read_image, settings, job_id, row) for path, row in by_path.items()
+    }
+    image_set = decode_sources(sources, image_size=config.image_size)
     skipped += [{"path": path, "reason": reason} for path, reason in image_set.skipped]
     return image_set, [by_path[path] for path in image_set.paths], skipped
 

@@ -67,7 +67,7 @@ def get_thumbnail(
         raise ProblemError(
             404, "image_not_found", "Image not found", f"job {job.id} has no image {image_id}"
         )
-    path = thumbnails.thumbnail_path(settings, job.id, image_id, row.blob_name)
+    path = thumbnails.thumbnail_path(settings, job.id, row)
     return FileResponse(
         path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
     )

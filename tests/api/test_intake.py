@@ -22,13 +22,16 @@ from PIL import Image
 
 from api import archives
 from api.intake import (
+    AcceptedImage,
     IntakeError,
     IntakeLimits,
+    IntakeResult,
     SkippedEntry,
     extract_images,
     problem_body,
     save_upload,
 )
+from store.blobs import PACK_NAME
 
 LIMITS = IntakeLimits(
     max_upload_bytes=1 << 20,
@@ -171,6 +174,22 @@ def reasons(skipped: list[SkippedEntry]) -> dict[str, str]:
     return {entry.path: entry.reason for entry in skipped}
 
 
+def assert_pack_holds_only_accepted(dest: Path, result: IntakeResult, members: dict[str, bytes]) -> None:
+    """The folder holds the pack alone, and the pack exactly the accepted members' bytes."""
+    assert [p.name for p in dest.iterdir()] == [PACK_NAME]
+    assert all(stored(dest, image) == members[image.path] for image in result.images)
+    by_offset = sorted(result.images, key=lambda image: image.blob_offset)
+    expected = b"".join(members[image.path] for image in by_offset)
+    assert (dest / PACK_NAME).read_bytes() == expected, "a skipped member's bytes were kept"
+
+
+def stored(dest: Path, image: AcceptedImage) -> bytes:
+    """The bytes intake kept for `image`, read back from its pack."""
+    with (dest / image.blob_name).open("rb") as pack:
+        pack.seek(image.blob_offset)
+        return pack.read(image.size_bytes)
+
+
 # --- not an archive, empty, nothing readable ---------------------------------------------------
 
 
@@ -293,8 +312,8 @@ def test_intake_too_many_tar_entries_refused(tmp_path: Path, dest: Path) -> None
 
 def assert_only_generated_names(dest: Path, tmp_path: Path, before: set[Path]) -> None:
     created = set(tmp_path.rglob("*")) - before - {dest, dest.parent}
-    assert all(path.parent == dest for path in created), created
-    assert all(path.stem.isdigit() and not path.is_symlink() for path in created), created
+    assert created == {dest / PACK_NAME}, created
+    assert not (dest / PACK_NAME).is_symlink()
 
 
 def test_intake_zip_paths_never_escape_dest(tmp_path: Path, dest: Path) -> None:
@@ -387,7 +406,7 @@ def test_intake_skips_unusable_members_with_reasons(tmp_path: Path, dest: Path) 
         "icon.ico": "format_not_allowed",
     }
     assert result.entries == len(members)
-    assert sorted(p.name for p in dest.iterdir()) == sorted(i.blob_name for i in result.images)
+    assert_pack_holds_only_accepted(dest, result, members)
 
 
 def jpeg() -> bytes:
@@ -441,7 +460,21 @@ def test_intake_broken_images_skipped_and_rest_accepted(tmp_path: Path, dest: Pa
         "garbage.png": "unreadable_image",
         "cut.jpg": "truncated_image",
     }
-    assert [p.name for p in dest.iterdir()] == [result.images[0].blob_name]
+    assert_pack_holds_only_accepted(dest, result, members)
+
+
+def test_intake_checks_large_members_from_the_pack_and_cuts_skipped_ones(
+    tmp_path: Path, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Members too big to keep in memory are checked from the pack, through a slice of it."""
+    monkeypatch.setattr("api.intake.VERIFY_IN_MEMORY_BYTES", 1_000)
+    whole = noisy_png(64)
+    assert len(whole) > 1_000
+    members = {"a.png": whole, "cut.png": whole[: len(whole) // 2], "b.png": noisy_png(64, seed=1)}
+    result = extract_images(write_zip(tmp_path / "large.zip", members), dest, LIMITS)
+    assert [(image.path, image.width) for image in result.images] == [("a.png", 64), ("b.png", 64)]
+    assert reasons(result.skipped) == {"cut.png": "truncated_image"}
+    assert_pack_holds_only_accepted(dest, result, members)
 
 
 def test_intake_member_over_the_member_cap_is_skipped(tmp_path: Path, dest: Path) -> None:
@@ -490,12 +523,9 @@ def test_intake_zip_blob_names_are_generated(tmp_path: Path, dest: Path) -> None
         "evil;rm -rf.png",
         "z/last.png",
     ]
-    assert [image.blob_name for image in result.images] == [
-        "000001.png",
-        "000002.png",
-        "000000.png",
-    ]
-    assert all((dest / image.blob_name).read_bytes() == png() for image in result.images)
+    assert {image.blob_name for image in result.images} == {PACK_NAME}
+    assert [image.blob_offset for image in result.images] == [len(png()), 2 * len(png()), 0]
+    assert all(stored(dest, image) == png() for image in result.images)
 
 
 # --- nothing left behind -----------------------------------------------------------------------
@@ -568,12 +598,12 @@ def test_problem_body_is_rfc_9457(tmp_path: Path, dest: Path) -> None:
 
 def test_intake_never_overwrites_or_removes_files_it_did_not_write(tmp_path: Path, dest: Path) -> None:
     dest.mkdir(parents=True)
-    (dest / "000001.png").write_bytes(b"someone else's")
+    (dest / PACK_NAME).write_bytes(b"someone else's")
     members = {"a.png": png(), "b.png": png()}
     error = refused_keeping(write_zip(tmp_path / "clash.zip", members), dest)
     assert error.status == 422
-    assert sorted(p.name for p in dest.iterdir()) == ["000001.png"]
-    assert (dest / "000001.png").read_bytes() == b"someone else's"
+    assert sorted(p.name for p in dest.iterdir()) == [PACK_NAME]
+    assert (dest / PACK_NAME).read_bytes() == b"someone else's"
 
 
 def refused_keeping(archive: Path, dest: Path) -> IntakeError:

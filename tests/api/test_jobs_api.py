@@ -1,11 +1,14 @@
+import io
 import json
 import uuid
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image as PILImage
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -35,7 +38,7 @@ def assert_nothing_left(session: Session, settings: Settings) -> None:
 
 
 def test_post_job_answers_202_with_location_and_records_images(
-    submit: Submit, client: TestClient, settings: Settings
+    submit: Submit, client: TestClient, settings: Settings, session: Session
 ) -> None:
     response = submit(params={"k": 3, "method": "kmeans", "name": "colours"})
     assert response.status_code == 202, response.text
@@ -44,7 +47,10 @@ def test_post_job_answers_202_with_location_and_records_images(
     assert body["state"] == "queued" and body["name"] == "colours"
     assert body["counts"]["images"] == 30 and body["params"]["k"] == 3
     assert client.get(response.headers["location"]).json()["id"] == body["id"]
-    assert len(list(blobs.images_dir(settings, uuid.UUID(body["id"])).iterdir())) == 30
+    job_id = uuid.UUID(body["id"])
+    assert [p.name for p in blobs.images_dir(settings, job_id).iterdir()] == [blobs.PACK_NAME]
+    stored = [blobs.read_image(settings, job_id, row) for row in jobs.list_images(session, job_id=job_id)]
+    assert len(stored) == 30 and all(data.startswith(b"\x89PNG\r\n\x1a\n") for data in stored)
     assert not blobs.upload_path(settings, uuid.UUID(body["id"])).exists()
     assert len(list((settings.broker_dir / "queue").iterdir())) == 1  # enqueued
 
@@ -105,6 +111,49 @@ def test_post_job_with_something_not_an_archive_is_415_and_leaves_nothing(
     submit: Submit, session: Session, settings: Settings
 ) -> None:
     assert_problem(submit(b"just some text, named .zip", {"k": 3}), 415)
+    assert_nothing_left(session, settings)
+
+
+def many_images_zip(n: int, extra: dict[str, tuple[bytes, int]] | None = None) -> tuple[bytes, dict[str, bytes]]:
+    """`n` distinct 8x8 grey PNGs in two folders, listed out of path order, plus `extra` members
+    (bytes, compression); returns the zip and the images by path."""
+    images = {}
+    for i in reversed(range(n)):
+        out = io.BytesIO()
+        PILImage.new("L", (8, 8), i % 256).save(out, "PNG")
+        images[f"{'ab'[i % 2]}/{i:05d}.png"] = out.getvalue() + bytes(i // 256)  # trailing: distinct
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in images.items():
+            archive.writestr(name, data)
+        for name, (data, compression) in (extra or {}).items():
+            archive.writestr(name, data, compression)
+    return buffer.getvalue(), images
+
+
+def test_post_job_with_many_images_records_every_row_and_its_bytes(
+    submit: Submit, settings: Settings, session: Session
+) -> None:
+    data, images = many_images_zip(3_000)
+    response = submit(data, {"k": 2, "method": "kmeans"})
+    assert response.status_code == 202, response.text
+    job_id = uuid.UUID(response.json()["id"])
+    rows = jobs.list_images(session, job_id=job_id)
+    assert [row.path for row in rows] == sorted(images) and [r.seq for r in rows] == list(range(3_000))
+    assert len({row.id for row in rows}) == 3_000
+    for row in rows:
+        assert blobs.read_image(settings, job_id, row) == images[row.path]
+        assert (row.width, row.height, row.format) == (8, 8, "PNG")
+    assert [p.name for p in blobs.job_dir(settings, job_id).rglob("*")] == ["images", blobs.PACK_NAME]
+
+
+def test_post_job_refused_after_many_images_leaves_nothing(
+    submit: Submit, session: Session, settings: Settings
+) -> None:
+    """The bomb comes last, after 3,000 images went into the pack: all of it goes."""
+    data, _ = many_images_zip(3_000, extra={"zz/bomb.png": (bytes(16 << 20), zipfile.ZIP_DEFLATED)})
+    body = assert_problem(submit(data, {"k": 2, "method": "kmeans"}), 422)
+    assert "compression ratio" in body["detail"]  # the bomb's refusal, not some other 422
     assert_nothing_left(session, settings)
 
 

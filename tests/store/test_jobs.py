@@ -15,6 +15,7 @@ from store.settings import Settings
 class FakeImage:
     path: str
     blob_name: str
+    blob_offset: int | None = None
     size_bytes: int = 10
     width: int = 16
     height: int = 16
@@ -139,3 +140,37 @@ def test_job_ids_on_disk_lists_job_folders(tmp_path: Path, sessions: sessionmake
     assert blobs.job_ids_on_disk(settings) == [job_id]
     blobs.delete_job_files(settings, job_id)
     assert blobs.job_ids_on_disk(settings) == []
+
+
+def test_create_job_writes_many_image_rows_that_read_back_through_the_orm(session: Session) -> None:
+    """More rows than one insert batch; offsets past 32 bits and a per-file blob (None) survive."""
+    n = jobs.IMAGE_BATCH + 7
+    offsets: list[int | None] = [i * 300 for i in range(n - 2)] + [5 << 30, None]
+    images = [FakeImage(f"a/{i:05d}.png", blobs.PACK_NAME, offset) for i, offset in enumerate(offsets)]
+    job = jobs.create_job(
+        session, job_id=uuid.uuid4(), params={"k": 2}, archive_format="zip", archive_entries=n,
+        images=images, skipped=[],
+    )
+    session.commit()
+    rows = jobs.list_images(session, job_id=job.id)
+    assert [(r.seq, r.path, r.blob_offset) for r in rows] == [
+        (i, image.path, image.blob_offset) for i, image in enumerate(images)
+    ]
+    assert all(isinstance(r.id, uuid.UUID) and r.id.version == 4 for r in rows)
+    assert len({r.id for r in rows}) == n and {r.job_id for r in rows} == {job.id}
+
+
+def test_read_image_reads_a_pack_slice_or_a_whole_file(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    job_id = uuid.uuid4()
+    blobs.new_job_dir(settings, job_id)
+    blobs.image_path(settings, job_id, blobs.PACK_NAME).write_bytes(b"first" + b"second" + b"third")
+    blobs.image_path(settings, job_id, "000001.png").write_bytes(b"own file")
+    assert blobs.read_image(settings, job_id, FakeImage("a", blobs.PACK_NAME, 5, 6)) == b"second"
+    assert blobs.read_image(settings, job_id, FakeImage("b", "000001.png", None, 8)) == b"own file"
+    with blobs.open_image(settings, job_id, FakeImage("c", blobs.PACK_NAME, 11, 5)) as stream:
+        assert stream.read(2) == b"th" and stream.tell() == 2
+        stream.seek(-1, 2)
+        assert stream.read() == b"d" and stream.read() == b""
+        stream.seek(0)
+        assert stream.read(100) == b"third"  # never past the slice

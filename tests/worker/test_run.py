@@ -20,6 +20,7 @@ from worker.run import JobCancelled, Monitor, execute_job
 class Stored:
     def __init__(self, path: str, blob_name: str, size_bytes: int) -> None:
         self.path, self.blob_name, self.size_bytes = path, blob_name, size_bytes
+        self.blob_offset: int | None = None  # one file per image, as jobs from before packs
         self.width = self.height = 16
         self.format = "PNG"
 
