@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +27,10 @@ class JobParams(BaseModel):
         default=DEFAULT_METHOD, description="imc (IMC-SwAV, the default), mmdc or kmeans (pixels)"
     )
     epochs: int | None = _bounded("epochs", default=None, description="default: per method")
+    time_budget_s: float | None = _bounded(
+        "time_budget_s", default=None, allow_inf_nan=False,
+        description="seconds the job may train; the epochs are fitted to it (given epochs win)",
+    )
     seed: int = _bounded("seed", default=0)
     image_size: int | None = _bounded("image_size", default=None, description="working size, px")
     batch_size: int | None = _bounded("batch_size", default=None)
@@ -68,6 +72,9 @@ class ProgressOut(BaseModel):
     loss: float | None
     images_per_s: float | None
     updated_at: datetime | None
+    time_budget_s: float | None = Field(default=None, description="the budget the epochs were fitted to")
+    seconds_per_epoch: float | None = Field(default=None, description="the speed the plan was made with")
+    expected_end_at: datetime | None = Field(default=None, description="when training should end, per the plan")
 
 
 class SkippedEntry(BaseModel):
@@ -171,6 +178,11 @@ class Readiness(BaseModel):
     broker: bool
 
 
+def _expected_end(reported_at: datetime | None, eta_s: float | None) -> datetime | None:
+    """The planned end of training: the last report's time plus the seconds it said were left."""
+    return None if reported_at is None or eta_s is None else reported_at + timedelta(seconds=eta_s)
+
+
 def job_out(job: Any) -> JobOut:
     """The API view of a store.models.Job row."""
     return JobOut.model_validate(job_view(job))
@@ -201,6 +213,9 @@ def job_view(job: Any) -> dict[str, Any]:
             "loss": progress_metrics.get("loss"),
             "images_per_s": progress_metrics.get("images_per_s"),
             "updated_at": job.progress_at,
+            "time_budget_s": progress_metrics.get("time_budget_s"),
+            "seconds_per_epoch": progress_metrics.get("seconds_per_epoch"),
+            "expected_end_at": _expected_end(job.progress_at, progress_metrics.get("eta_s")),
         },
         "counts": {
             "entries": job.archive_entries,

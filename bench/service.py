@@ -114,12 +114,17 @@ def rss_mb(pid: int) -> float:
 def start_api(env: dict[str, str], port: int, cwd: Path | None = None) -> subprocess.Popen[bytes]:
     """`corral api` (from the source tree `cwd`, default this one), once /health answers."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "commands", "api", "--port", str(port)], cwd=cwd,
+        [sys.executable, "-m", commands_module(cwd or Path.cwd()), "api", "--port", str(port)], cwd=cwd,
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     if not healthy(port):
         raise RuntimeError("API did not start")
     return process
+
+
+def commands_module(tree: Path) -> str:
+    """The module that runs `corral`'s service commands in `tree` (before the redesign: worker.cli)."""
+    return "commands" if (tree / "commands").is_dir() else "worker.cli"
 
 
 def healthy(port: int, within_s: float = 60) -> bool:

@@ -1,7 +1,7 @@
 """Issue 15 item 4: seconds to the 202 and the API's peak RSS for big MNIST zips.
 
 Builds a 10,000- and a 70,000-image MNIST zip once (one 28x28 PNG per digit, in digit folders,
-bench/out/), then for each source tree and backend starts the real API (`python -m worker.cli
+bench/out/), then for each source tree and backend starts the real API (`python -m commands
 api`, SQLite or a fresh Postgres database), POSTs one archive and reads the process's VmHWM (its
 peak RSS since start); meanwhile a GET /health every 50 ms shows whether the event loop is free.
 `--base COMMIT` runs that commit's tree too, in the same run, so before and after share the
@@ -34,7 +34,8 @@ from PIL import Image
 from bench import service
 from bench.datasets import read_idx
 from bench.service import drop_database, fresh_database
-from worker.cli import free_port, stop_process_group
+from commands.ports import free_port
+from commands.serve import stop_process_group
 
 OUT = Path("bench/out")
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
@@ -106,7 +107,7 @@ def api_env(tree: Path, data_dir: Path, database_url: str) -> dict[str, str]:
 
 
 def start_api(tree: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    subprocess.run([sys.executable, "-m", "worker.cli", "migrate"], cwd=tree, env=env, check=True,
+    subprocess.run([sys.executable, "-m", service.commands_module(tree), "migrate"], cwd=tree, env=env, check=True,
                    capture_output=True)
     return service.start_api(env, port, cwd=tree)
 

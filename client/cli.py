@@ -11,12 +11,13 @@ import json
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from core.cli import ProgressBar
+from core.cli import ProgressBar, add_time_argument
 from core.config import METHOD_NAMES
 from core.result import Progress
 
@@ -36,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     submit.add_argument("--k", type=int, required=True, help="number of clusters")
     submit.add_argument("--method", choices=METHOD_NAMES, default=None)
     submit.add_argument("--epochs", type=int, default=None)
+    add_time_argument(submit)
     submit.add_argument("--seed", type=int, default=None)
     submit.add_argument("--name", default=None)
     submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
@@ -100,6 +102,8 @@ def problem_detail(response: httpx.Response) -> str:
 def cmd_submit(client: httpx.Client, args: argparse.Namespace) -> int:
     params = {key: value for key in ("k", "method", "epochs", "seed", "name")
               if (value := getattr(args, key)) is not None}
+    if args.time is not None:
+        params["time_budget_s"] = args.time
     try:
         handle = args.archive.open("rb")
     except OSError as error:
@@ -121,11 +125,18 @@ def wait(client: httpx.Client, job_id: str) -> dict[str, Any]:
         job: dict[str, Any] = call(client, "GET", f"/jobs/{job_id}").json()
         progress = job["progress"]
         metrics = {key: progress[key] for key in ("loss", "images_per_s") if progress.get(key) is not None}
+        if progress.get("expected_end_at") and job["state"] not in FINISHED:  # a budgeted job's plan
+            metrics["eta_s"] = max(0.0, (_parse_time(progress["expected_end_at"]) - time.time()))
         bar(Progress(progress["stage"] or job["state"], progress["epoch"] or 0, progress["epochs"] or 0, metrics))
         if job["state"] in FINISHED:
             bar.close()
             return job
         time.sleep(POLL_S)
+
+
+def _parse_time(text: str) -> float:
+    """An ISO 8601 timestamp of the API as POSIX seconds."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def report(client: httpx.Client, job: dict[str, Any]) -> int:

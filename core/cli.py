@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from core.budget import format_duration, parse_duration
 from core.config import DEFAULT_METHOD, METHOD_NAMES, ClusterConfig
 from core.errors import InvalidInput
 from core.result import Progress
@@ -45,7 +46,8 @@ def add_cluster_command(commands: argparse._SubParsersAction) -> None:  # type: 
     cmd.add_argument("path", type=Path, help="folder, zip or tar(.gz) of images")
     cmd.add_argument("--k", type=int, required=True, help="number of clusters")
     cmd.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD)
-    cmd.add_argument("--epochs", type=int, default=None)
+    cmd.add_argument("--epochs", type=int, default=None, help="default: fitted to --time, else the method's")
+    add_time_argument(cmd)
     cmd.add_argument("--seed", type=int, default=0)
     cmd.add_argument("--batch-size", type=int, default=None)
     cmd.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -58,12 +60,27 @@ def add_cluster_command(commands: argparse._SubParsersAction) -> None:  # type: 
     cmd.set_defaults(func=run_cluster)
 
 
+def add_time_argument(cmd: argparse.ArgumentParser) -> None:
+    """--time: the job's time budget (`corral cluster` and `corral submit`)."""
+    cmd.add_argument("--time", type=_duration, default=None, metavar="DURATION",
+                     help="time budget for training, e.g. 600, 90s, 10m or 1h: the epochs are fitted to it "
+                          "(--epochs wins); on a CPU the default is 10m at most 50 epochs")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as error:  # argparse prints it as one usage line and exits 2
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def run_cluster(args: argparse.Namespace) -> int:
     from core.data.images import read_images  # torch is imported only when needed
     from core.pipeline import cluster
 
-    config = ClusterConfig(k=args.k, method=args.method, epochs=args.epochs, seed=args.seed,
-                           batch_size=args.batch_size, image_size=args.image_size, precision=args.precision)
+    config = ClusterConfig(k=args.k, method=args.method, epochs=args.epochs, time_budget_s=args.time,
+                           seed=args.seed, batch_size=args.batch_size, image_size=args.image_size,
+                           precision=args.precision)
     config.validate()
     image_set = read_images(args.path, image_size=args.image_size)
     for path, reason in image_set.skipped:
@@ -77,7 +94,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         bar.close()
     sizes = [int((result.labels == c).sum()) for c in range(config.k)]
     print(f"{len(image_set.paths)} images -> {config.k} clusters of sizes {sizes} on {result.device} "
-          f"in {result.timings['total']:.1f} s")
+          f"in {result.timings['total']:.1f} s" + (f" ({len(result.history)} epochs)" if result.history else ""))
     if result.metrics is not None:
         m = result.metrics
         print(f"against the {len(image_set.class_names)} folders: "
@@ -119,11 +136,12 @@ class ProgressBar:
         print(line.ljust(100), end="", file=sys.stderr, flush=True)
 
     def _eta(self, progress: Progress) -> str:
+        if "eta_s" in progress.metrics:  # a budgeted run's plan
+            return format_duration(progress.metrics["eta_s"])
         trained = progress.epoch - (self.first_epoch or 0)
         if trained <= 0 or progress.epochs <= progress.epoch:
             return "--" if progress.epochs > progress.epoch else "0s"
-        seconds = (time.perf_counter() - self.started) / trained * (progress.epochs - progress.epoch)
-        return f"{seconds / 60:.1f}m" if seconds >= 90 else f"{seconds:.0f}s"
+        return format_duration((time.perf_counter() - self.started) / trained * (progress.epochs - progress.epoch))
 
     def close(self) -> None:
         print(file=sys.stderr)

@@ -26,6 +26,8 @@ BOUNDS: dict[str, tuple[int, int]] = {
     "seed": (0, 2**31 - 1),
     "batch_size": (2, 8192),
     "image_size": (16, 256),
+    # seconds: room for setup, the speed probe and an epoch; a week is beyond any job here
+    "time_budget_s": (10, 7 * 24 * 3600),
 }
 
 
@@ -93,7 +95,10 @@ class ClusterConfig:
 
     k: int
     method: Method = DEFAULT_METHOD
-    epochs: int | None = None  # None = the method's default for the data size
+    epochs: int | None = None  # None = fitted to time_budget_s, else the method's default (core/budget.py)
+    # Seconds the job may train (probe included; the read-out comes on top). The epochs are
+    # fitted to it from a probe of the method's speed on the images; given epochs win over it.
+    time_budget_s: float | None = None
     seed: int = 0
     batch_size: int | None = None  # None = 128 for MMDC, 256 for IMC (capped at N)
     image_size: int | None = None  # working size; None = taken from the images
@@ -109,7 +114,7 @@ class ClusterConfig:
             raise InvalidInput(f"method={self.method!r} is unknown; use one of {', '.join(METHOD_NAMES)}")
         for name, (low, high) in BOUNDS.items():
             value = getattr(self, name)
-            if value is not None and not low <= value <= high:
+            if value is not None and not low <= value <= high:  # NaN fails too
                 raise InvalidInput(f"{name}={value} is out of range; use {low} <= {name} <= {high}")
         if n_images is not None and self.k > n_images:
             raise InvalidInput(f"k={self.k} exceeds the {n_images} images given; lower k")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from core.budget import Deadline, EpochPlan
 from core.checkpoint import Checkpoint
 from core.result import Progress, ProgressCallback
 
@@ -21,10 +22,19 @@ class RunContext:
     labels: np.ndarray | None = None  # known classes, only for the per-epoch quality curve
     eval_every: int = 0  # epochs between quality evaluations (0 = only at the end)
     started: float = field(default_factory=time.perf_counter)
+    plan: EpochPlan | None = None  # the epochs fitted to a time budget, shown with every report
+    deadline: Deadline | None = None  # a budgeted run stops at the epoch end that would overrun it
 
     def report(self, stage: str, epoch: int, epochs: int, **metrics: float) -> None:
         if self.on_progress is not None:
+            if self.plan is not None and self.deadline is not None:
+                expected_end = self.deadline.at - self.plan.budget_s + self.plan.expected_s
+                metrics = {**self.plan.metrics(), "eta_s": max(0.0, expected_end - time.perf_counter()), **metrics}
             self.on_progress(Progress(stage, epoch, epochs, dict(metrics)))
+
+    def room_for_epoch(self) -> bool:
+        """False once the next epoch would end past the deadline (always True without one)."""
+        return self.deadline is None or self.deadline.room_for_epoch()
 
     def should_evaluate(self, epoch: int, epochs: int) -> bool:
         return self.labels is not None and self.eval_every > 0 and (

@@ -16,9 +16,10 @@ from core.context import RunContext
 from core.errors import InvalidInput
 from core.methods import METHODS
 from core.metrics import evaluate
+from core.pacing import pace
 from core.predictor import Predictor
 from core.result import ClusterResult, ProgressCallback
-from core.runtime import configure_backend, pick_device
+from core.runtime import configure_backend, cpu_threads, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,20 @@ def cluster(
         images = resize(images, config.image_size)
     device = pick_device(device)
     configure_backend(device)
+    images = images.to(device)
+    paced = pace(images, config, device, started=started, checkpoint=Path(checkpoint) if checkpoint else None,
+                 on_progress=on_progress)
+    config = paced.config  # epochs fitted to the time budget; the probe came before the seeding
     torch.manual_seed(config.seed)  # network initialisation
     generator = torch.Generator(device=device).manual_seed(config.seed)  # every other draw
     saved = Checkpoint(Path(checkpoint), config.to_dict(), images.shape[0]) if checkpoint else None
     ctx = RunContext(device=device, generator=generator, on_progress=on_progress, checkpoint=saved,
-                     labels=None if labels is None else np.asarray(labels), eval_every=eval_every)
+                     labels=None if labels is None else np.asarray(labels), eval_every=eval_every,
+                     plan=paced.plan, deadline=paced.deadline)
     log.info("clustering %d images of %s into k=%d with %s on %s", images.shape[0],
              tuple(images.shape[1:]), config.k, config.method, device)
-    output = METHODS[config.method](images.to(device), config, ctx)
+    with cpu_threads(paced.threads):
+        output = METHODS[config.method](images, config, ctx)
     predicted = output.labels.cpu().numpy().astype(np.int64)
     total = time.perf_counter() - started
     ctx.report("done", len(output.history), len(output.history))

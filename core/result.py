@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # core.predictor imports torch; this module stays importable 
 
 @dataclass(frozen=True)
 class Progress:
-    """One progress report. `stage` is one of: setup, rotation, clustering, refine, embed, done."""
+    """One progress report. `stage` is one of: probe (timing the method for a
+    time budget), setup, rotation, clustering, refine, embed, done."""
 
     stage: str
     epoch: int  # epochs finished so far

@@ -57,6 +57,18 @@ def autocast(device: torch.device, precision: str = "auto") -> contextlib.Abstra
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to `threads` inside, restored after (None: unchanged)."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def configure_backend(device: torch.device) -> None:
     """On CUDA, let cuDNN pick the fastest kernels for our fixed shapes and allow TF32 matmuls."""
     if device.type == "cuda":

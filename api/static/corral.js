@@ -37,6 +37,7 @@ function setupUpload(form) {
     errorBox.hidden = true;
     const params = { k: Number(form.k.value), method: form.method.value };
     if (form.epochs.value) params.epochs = Number(form.epochs.value);
+    if (form.time_budget_s.value) params.time_budget_s = Number(form.time_budget_s.value);
     if (form.name.value) params.name = form.name.value;
     const data = new FormData();
     if (form.archive.files.length) data.append("archive", form.archive.files[0]);
@@ -64,9 +65,14 @@ function setupUpload(form) {
 
 function eta(job) {
   const p = job.progress;
-  if (!job.started_at || !p.epoch || !p.epochs || p.epoch >= p.epochs) return "–";
-  const elapsed = (Date.now() - Date.parse(job.started_at)) / 1000;
-  const seconds = (elapsed / p.epoch) * (p.epochs - p.epoch);
+  let seconds;
+  if (p.expected_end_at && ACTIVE.has(job.state)) { // a budgeted job's plan
+    seconds = Math.max(0, (Date.parse(p.expected_end_at) - Date.now()) / 1000);
+  } else {
+    if (!job.started_at || !p.epoch || !p.epochs || p.epoch >= p.epochs) return "–";
+    const elapsed = (Date.now() - Date.parse(job.started_at)) / 1000;
+    seconds = (elapsed / p.epoch) * (p.epochs - p.epoch);
+  }
   return seconds >= 90 ? `${(seconds / 60).toFixed(1)} min` : `${Math.round(seconds)} s`;
 }
 

@@ -289,7 +289,7 @@ def train_imc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> M
     views = Views(plan, config.imc, *channel_stats(images), ctx.generator)
     resumed_from = resume(ctx, state)
     ctx.report("setup", state.epoch, plan.epochs)
-    while state.epoch < plan.epochs:
+    while state.epoch < plan.epochs and ctx.room_for_epoch():  # a budgeted run stops in time
         started = time.perf_counter()
         metrics = train_epoch(images, state, step, views, plan, config.imc, ctx)
         end_epoch(ctx, state, epochs=plan.epochs, stage="clustering", metrics=metrics, started=started,

@@ -291,7 +291,7 @@ def train_mmdc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> 
 
     resumed_from = resume(ctx, state)
     ctx.report("setup", state.epoch, plan.epochs)
-    while state.epoch < plan.epochs:
+    while state.epoch < plan.epochs and ctx.room_for_epoch():  # a budgeted run stops in time
         started = time.perf_counter()
         refining = state.epoch >= plan.refine_epoch
         moved: dict[str, float] = {}

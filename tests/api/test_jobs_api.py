@@ -60,6 +60,12 @@ def test_a_job_without_a_method_records_the_default_one(submit: Submit) -> None:
     assert body["params"]["method"] == DEFAULT_METHOD == "imc"
 
 
+def test_a_time_budget_is_recorded_and_progress_has_room_for_its_plan(submit: Submit) -> None:
+    body = submit(params={"k": 3, "time_budget_s": 90}).json()
+    assert body["params"]["time_budget_s"] == 90 and body["params"]["epochs"] is None
+    assert body["progress"]["expected_end_at"] is None  # planned once the worker has probed
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
@@ -69,6 +75,10 @@ def test_a_job_without_a_method_records_the_default_one(submit: Submit) -> None:
         ({"k": 3, "method": "dbscan"}, "params.method"),
         ({"k": "3"}, "params.k"),
         ({"k": 3, "epochs": 1.5}, "params.epochs"),
+        ({"k": 3, "time_budget_s": -60}, "params.time_budget_s"),
+        ({"k": 3, "time_budget_s": 5}, "params.time_budget_s"),  # no room for setup and an epoch
+        ({"k": 3, "time_budget_s": 1e9}, "params.time_budget_s"),
+        ({"k": 3, "time_budget_s": "10m"}, "params.time_budget_s"),
         ({"k": 3, "colour": "red"}, "params.colour"),
         ("{not json", "params"),
         ("[3]", "params"),

@@ -43,7 +43,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 CONFIG_FILE = Path(__file__).parents[2] / "schemathesis.toml"
-SCENARIOS, STEPS = 50, 10  # bounded: 8-22 s on two loaded cores; every job operation reached
+SCENARIOS, STEPS = 80, 10  # bounded: 8-22 s on two loaded cores; every job operation reached
 SEED = 15  # schemathesis' own; Hypothesis' draws are derandomized
 
 

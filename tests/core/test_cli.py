@@ -48,6 +48,18 @@ def test_bad_arguments_exit_non_zero_with_one_line(image_folder: Path, capsys, a
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("time", "message"), [("5", "time_budget_s=5.0 is out of range"),
+                                              ("-1m", "is not a duration"), ("10x", "is not a duration")])
+def test_a_bad_time_budget_exits_2_with_one_line(image_folder: Path, capsys, time, message):
+    try:
+        code = main(["cluster", str(image_folder), "--k", "3", f"--time={time}", "--quiet"])
+    except SystemExit as exited:  # argparse's own refusal of what is not a duration
+        code = exited.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
 def test_empty_or_missing_input_exits_non_zero(tmp_path: Path, capsys):
     assert main(["cluster", str(tmp_path), "--k", "3"]) == 2
     assert main(["cluster", str(tmp_path / "missing.zip"), "--k", "3"]) == 2

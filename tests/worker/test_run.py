@@ -72,6 +72,17 @@ def test_execute_job_clusters_and_writes_every_assignment(settings: Settings, se
     assert not blobs.checkpoint_path(settings, job_id).exists()
 
 
+def test_a_budgeted_job_fits_its_epochs(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    params = {"k": 3, "method": "mmdc", "backbone": "vgg", "batch_size": 8, "time_budget_s": 10}
+    job_id = stored_job(settings, sessions, params)
+    execute_job(job_id, settings=settings, sessions=sessions)
+    with sessions() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert job is not None and job.state == JobState.SUCCEEDED, job and job.error
+        assert job.epochs is not None and job.epochs >= 1
+        assert job.timings is not None and job.timings["train"] < 10
+
+
 def test_execute_job_twice_runs_it_once(settings: Settings, sessions: sessionmaker[Session]) -> None:
     job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
     execute_job(job_id, settings=settings, sessions=sessions)

@@ -1,0 +1,87 @@
+"""`corral cluster --time` as a user runs it, beside k-means in the same run, with the load it ran under.
+
+    python -m bench.budget --set digits --time 60 --out bench/results/budget-digits-60s.json
+    python -m bench.budget --set mnist10k --data ../shared/datasets --time 300 --out ...
+
+Each method runs as its own `corral cluster` process on an archive of PNGs (the digits as the demo
+builds them, 8 -> 32 px; or the first 10,000 MNIST training images at 28 px), one after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.datasets import read_idx
+
+SUMMARY = re.compile(r"in (?P<total>[\d.]+) s(?: \((?P<epochs>\d+) epochs\))?")
+SCORES = re.compile(r"ACC (?P<acc>[\d.]+)\s+NMI (?P<nmi>[\d.]+)\s+ARI (?P<ari>[\d.]+)")
+
+
+def mnist_zip(path: Path, root: Path, limit: int) -> int:
+    """The first `limit` MNIST training images as PNGs, one folder per digit."""
+    images = read_idx(root / "mnist" / "train-images-idx3-ubyte.gz")[:limit]
+    labels = read_idx(root / "mnist" / "train-labels-idx1-ubyte.gz")[:limit]
+    with zipfile.ZipFile(path, "w") as archive:
+        for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
+            buffer = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
+            archive.writestr(f"{label}/{i:05d}.png", buffer.getvalue())
+    return len(images)
+
+
+def run_cluster(archive: Path, method: str, budget: str | None) -> dict[str, object]:
+    command = [sys.executable, "-m", "core.cli", "cluster", str(archive), "--k", "10", "--method", method, "--quiet"]
+    if budget is not None:
+        command += ["--time", budget]
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - started
+    summary, scores = SUMMARY.search(done.stdout), SCORES.search(done.stdout)
+    assert summary is not None and scores is not None, done.stdout
+    return {"method": method, "time": budget, "wall_s": round(wall, 1), "cluster_s": float(summary["total"]),
+            "epochs": int(summary["epochs"]) if summary["epochs"] else None,
+            **{key: float(value) for key, value in scores.groupdict().items()},
+            "load_before": load_before, "load_after": os.getloadavg()[0]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--set", choices=("digits", "mnist10k"), default="digits")
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets"))
+    parser.add_argument("--time", default="60")
+    parser.add_argument("--methods", default="kmeans,mmdc,imc", help="comma list; kmeans runs without --time")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / f"{args.set}.zip"
+        if args.set == "digits":
+            from commands.demo import digits_zip
+
+            n = digits_zip(archive)
+        else:
+            n = mnist_zip(archive, args.data, 10_000)
+        runs = []
+        for method in args.methods.split(","):
+            runs.append(run_cluster(archive, method, None if method == "kmeans" else args.time))
+            print(json.dumps(runs[-1]), flush=True)
+    report = {"set": args.set, "images": n, "time": args.time, "cpus": os.cpu_count(), "runs": runs}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Fitting a run to its time budget: probe the method's speed on the images, plan the epochs.
+
+The probe runs the method itself (its real training step at the run's batch size, augmentations
+and per-epoch work such as MMDC's refinement) for a few short epochs on a random sample of the
+images (a quarter of a small set), and scales the time of an epoch to all of them. core/budget.py turns that into the
+epoch count.
+
+On a CPU the probe also tries one thread against torch's default (one per core) and the run keeps
+the faster: on the shared 2-core machine (load 4-7) MMDC on the 1,797 digits fitted 28 epochs
+into 60 s with one thread and 5 with two (OpenMP's threads spin-wait for each other between the
+many small kernels of a small network; bench/RESULTS.md, "Small sets"). Threads change results
+in the last bits, which only budgeted runs may (their epochs depend on timing anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.budget import DEFAULT_CPU_BUDGET_S, Deadline, EpochPlan, fit_epochs
+from core.config import BOUNDS, ClusterConfig
+from core.context import RunContext
+from core.methods import METHODS, imc_plan, mmdc_plan
+from core.result import Progress, ProgressCallback
+from core.runtime import cpu_threads
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPOCHS = {"mmdc": mmdc_plan.DEFAULT_EPOCHS, "imc": imc_plan.DEFAULT_EPOCHS}
+PLANS = {"mmdc": mmdc_plan.make_plan, "imc": imc_plan.make_plan}
+# The sample: at least PROBE_IMAGES (one IMC-SwAV batch, two MMDC ones), up to a quarter of the
+# set but at most PROBE_MAX, so fixed per-epoch costs (k-means restarts) are not scaled up much
+PROBE_IMAGES, PROBE_SHARE, PROBE_MAX = 256, 4, 2048
+# Epochs of the probe: the first pays the warm-up (allocations, oneDNN's kernel choices); on
+# CUDA the next three are the eager steps before a step's graph is captured (core/graphs.py).
+# The median of the later epochs (three on a CPU) is the estimate: one neighbour's burst does not
+# move it (the larger of two fitted 7 IMC-SwAV epochs into 60 s that took 36 s), and the fastest
+# planned 86 epochs into 110 s of which the deadline let 74 run (bench/RESULTS.md).
+PROBE_EPOCHS = {"cpu": 4, "cuda": 8}
+
+
+@dataclass(frozen=True)
+class Paced:
+    """A run's config with its epochs fitted, and the plan and deadline it was fitted by."""
+
+    config: ClusterConfig
+    plan: EpochPlan | None = None  # None: epochs given, or the method's default (GPU, k-means)
+    deadline: Deadline | None = None
+    threads: int | None = None  # torch's CPU threads for the run (None: leave them)
+
+
+def budget_of(config: ClusterConfig, device: torch.device) -> tuple[float, int] | None:
+    """(seconds, most epochs) to fit the run to, or None when its epochs are already settled."""
+    if config.method not in DEFAULT_EPOCHS or config.epochs is not None:  # given epochs win
+        return None
+    if config.time_budget_s is not None:
+        return config.time_budget_s, BOUNDS["epochs"][1]
+    if device.type == "cpu":  # the default epochs, as far as they fit a CPU's default budget
+        return DEFAULT_CPU_BUDGET_S, DEFAULT_EPOCHS[config.method]
+    return None
+
+
+def pace(images: torch.Tensor, config: ClusterConfig, device: torch.device, *, started: float,
+         checkpoint: Path | None = None, on_progress: ProgressCallback | None = None) -> Paced:
+    """Fit config.epochs to the budget (see budget_of) counted from `started` (perf_counter).
+
+    images: (N, C, S, S) uint8 on `device`. A checkpoint of the same run keeps its epochs, so a
+    resumed job continues the schedule it began instead of probing again.
+    """
+    budget = budget_of(config, device)
+    if budget is None:
+        return Paced(config)
+    budget_s, max_epochs = budget
+    epochs = checkpointed_epochs(checkpoint, config)
+    if epochs is not None:
+        plan = EpochPlan(epochs, float("nan"), budget_s, float("nan"))
+        return Paced(config.with_(epochs=epochs), plan, Deadline(started + budget_s))
+    if on_progress is not None:
+        on_progress(Progress("probe", 0, 0))
+    per_epoch, threads = fastest_threads(images, config, device)
+    plan = fit_epochs(budget_s, time.perf_counter() - started, per_epoch, max_epochs=max_epochs,
+                      what=f"{config.method} on these {images.shape[0]} images")
+    log.info("%s: %d epochs of %.2f s (%s threads) fit the %.0f s budget", config.method, plan.epochs,
+             per_epoch, threads, budget_s)
+    return Paced(config.with_(epochs=plan.epochs), plan, Deadline(started + budget_s), threads)
+
+
+def fastest_threads(images: torch.Tensor, config: ClusterConfig, device: torch.device) -> tuple[float, int | None]:
+    """(seconds per epoch, threads) of the faster of one CPU thread and torch's default; one is
+    probed first, so the default's probe gives up once it is slower (None threads off the CPU)."""
+    if device.type != "cpu":
+        return seconds_per_epoch(images, config, device), None
+    default, began = torch.get_num_threads(), time.perf_counter()
+    with cpu_threads(1):
+        best, threads = seconds_per_epoch(images, config, device), 1
+    if default > 1:
+        probed = time.perf_counter()
+        with cpu_threads(default):
+            try:
+                seconds = seconds_per_epoch(images, config, device, give_up_after=2 * probed - began)
+            except ProbeGaveUp:
+                seconds = float("inf")
+        if seconds < best:
+            best, threads = seconds, default
+    return best, threads
+
+
+class ProbeGaveUp(Exception):
+    """Raised from a probe's progress callback: it is already slower than the one to beat."""
+
+
+def seconds_per_epoch(images: torch.Tensor, config: ClusterConfig, device: torch.device, *,
+                      give_up_after: float | None = None) -> float:
+    """The probe: seconds one epoch over all `images` takes, from short epochs on a sample of them.
+
+    give_up_after: a perf_counter time past which the probe raises ProbeGaveUp (at a report).
+    """
+    n, channels, size = images.shape[0], images.shape[1], images.shape[-1]
+    batch = PLANS[config.method](config, n, channels, size).batch_size  # the run's, not the sample's
+    m = min(n, max(PROBE_IMAGES, batch, 2 * config.k, min(n // PROBE_SHARE, PROBE_MAX)))
+    generator = torch.Generator(device=device).manual_seed(config.seed)  # the run draws from its own
+    sample = images[torch.randperm(n, generator=generator, device=device)[:m]]
+    probe = config.with_(epochs=PROBE_EPOCHS.get(device.type, PROBE_EPOCHS["cpu"]), time_budget_s=None,
+                         batch_size=batch)
+
+    def give_up(_: Progress) -> None:
+        if give_up_after is not None and time.perf_counter() > give_up_after:
+            raise ProbeGaveUp
+
+    output = METHODS[config.method](sample, probe, RunContext(device=device, generator=generator, on_progress=give_up))
+    lengths = np.diff([0.0] + [record["seconds"] for record in output.history])
+    return float(np.median(lengths[1:])) * n / m
+
+
+def checkpointed_epochs(path: Path | None, config: ClusterConfig) -> int | None:
+    """The epochs a checkpoint of this run was planned with (None without one)."""
+    if path is None or not path.exists():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=False).get("config") or {}
+    same_run = {**saved, "epochs": None} == config.to_dict()
+    return int(saved["epochs"]) if same_run and saved.get("epochs") else None

@@ -1,0 +1,100 @@
+import math
+import time
+
+import pytest
+import torch
+
+from core.budget import SAFETY, Deadline, fit_epochs, parse_duration
+from core.config import ClusterConfig
+from core.errors import InvalidInput
+from core.pacing import budget_of, fastest_threads, pace
+from core.pipeline import cluster
+from core.runtime import cpu_threads
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("600", 600), ("90s", 90), ("10m", 600), ("1h", 3600),
+                                               ("1.5h", 5400), (" 2 min ", 120), ("45S", 45)])
+def test_parse_duration_reads_seconds_minutes_and_hours(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "-5", "10x", "m", "1h30m", "nan", "inf"])
+def test_parse_duration_refuses_anything_else_naming_the_forms(text):
+    with pytest.raises(InvalidInput, match="90s, 10m, 1h"):
+        parse_duration(text)
+
+
+def test_fit_epochs_fills_the_safe_share_of_what_is_left():
+    plan = fit_epochs(100.0, 10.0, 3.0, max_epochs=1000)
+    assert plan.epochs == math.floor(90 * SAFETY / 3)
+    assert plan.expected_s == pytest.approx(10 + plan.epochs * 3) and plan.expected_s <= 100
+    assert fit_epochs(100.0, 10.0, 3.0, max_epochs=7).epochs == 7  # capped
+
+
+def test_fit_epochs_refuses_a_budget_without_room_for_one_epoch_and_names_one_that_has():
+    with pytest.raises(InvalidInput, match=r"time_budget_s=20 is too short.*at least (\d+) s") as error:
+        fit_epochs(20.0, 5.0, 30.0, max_epochs=50, what="mmdc on these 10 images")
+    needed = int(str(error.value).split("at least ")[1].split()[0])
+    assert fit_epochs(float(needed), 5.0, 30.0, max_epochs=50).epochs == 1
+
+
+def test_deadline_stops_before_an_epoch_that_would_end_past_it():
+    now = [0.0]
+    deadline = Deadline(at=10.0, clock=lambda: now[0])
+    started = []
+    while deadline.room_for_epoch():
+        started.append(now[0])
+        now[0] += 3.0  # each epoch takes 3 s
+    assert started == [0.0, 3.0, 6.0]  # a fourth would end at 12 > 10
+
+
+@pytest.mark.parametrize("budget", [-1.0, 0.0, 9.0, float("nan"), float("inf"), 1e9])
+def test_config_refuses_negative_tiny_or_absurd_budgets(budget):
+    with pytest.raises(ValueError, match="time_budget_s"):
+        ClusterConfig(k=3, time_budget_s=budget).validate()
+
+
+def test_given_epochs_win_over_the_budget_and_kmeans_has_none():
+    assert budget_of(ClusterConfig(k=3, epochs=4, time_budget_s=60), CPU) is None
+    assert budget_of(ClusterConfig(k=3, method="kmeans", time_budget_s=60), CPU) is None
+    assert budget_of(ClusterConfig(k=3, time_budget_s=60), CPU) == (60, 10_000)
+    assert budget_of(ClusterConfig(k=3, method="mmdc"), CPU) == (600, 50)  # a CPU's default
+
+
+def test_pace_fits_epochs_from_a_probe_of_the_real_method(images):
+    pixels, _ = images
+    started = time.perf_counter()
+    paced = pace(pixels, ClusterConfig(k=3, method="mmdc", batch_size=16, time_budget_s=30), CPU, started=started)
+    assert paced.plan is not None and paced.deadline is not None
+    assert paced.config.epochs == paced.plan.epochs >= 1
+    assert paced.plan.seconds_per_epoch > 0 and paced.deadline.at == started + 30
+
+
+def test_budgeted_cluster_reports_its_plan_and_keeps_to_it(images):
+    pixels, labels = images
+    reports = []
+    result = cluster(pixels, ClusterConfig(k=3, method="mmdc", batch_size=16, time_budget_s=10), labels=labels,
+                     device="cpu", on_progress=reports.append)
+    assert reports[0].stage == "probe"
+    planned = result.config.epochs
+    assert planned is not None and 1 <= len(result.history) <= planned
+    trained = [r for r in reports if r.stage not in ("probe", "done")]
+    assert all(r.epochs == planned and "eta_s" in r.metrics and r.metrics["time_budget_s"] == 10 for r in trained)
+    assert result.timings["train"] < 10
+
+
+def test_the_probe_times_one_thread_beside_more_and_the_run_restores_them(images):
+    pixels, _ = images
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seconds, threads = fastest_threads(pixels, ClusterConfig(k=3, method="mmdc", batch_size=16), CPU)
+        assert seconds > 0 and threads in (1, 2)
+        assert torch.get_num_threads() == 2
+        with cpu_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
