@@ -162,10 +162,10 @@ def follow(client: httpx.Client, rows: list[Row]) -> None:
 def update(row: Row, job: dict[str, Any]) -> None:
     row.state, progress = job["state"], job["progress"]
     if row.state == "running" and progress["epochs"]:
-        row.line = f"{progress['stage']} epoch {progress['epoch']}/{progress['epochs']}"
+        row.line = f"{progress['stage']} {progress['epoch']}/{progress['epochs']}"  # fits 80 columns
         if progress.get("expected_end_at"):  # the time budget's plan
             left = datetime.fromisoformat(progress["expected_end_at"]).timestamp() - time.time()
-            row.line += f", about {max(0.0, left):.0f} s left"
+            row.line += f", {max(0.0, left):.0f} s left"
     elif row.state == "running":
         row.line = progress["stage"] or "running"
     elif row.state == "succeeded":

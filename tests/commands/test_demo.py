@@ -13,7 +13,7 @@ def test_a_running_budgeted_job_shows_its_epoch_and_the_time_left():
     row = Row("IMC-SwAV", "/jobs/1")
     end = (datetime.now(UTC) + timedelta(seconds=60)).isoformat()
     update(row, job("running", stage="clustering", epoch=3, epochs=28, expected_end_at=end))
-    assert row.line.startswith("clustering epoch 3/28, about ") and row.line.endswith(" s left")
+    assert row.line.startswith("clustering 3/28, ") and row.line.endswith(" s left")
 
 
 def test_finished_jobs_print_side_by_side_with_their_pages(capsys):
