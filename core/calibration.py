@@ -1,9 +1,8 @@
 """Calibrated confidence: each image's confidence estimates the probability that its cluster is
 right, fitted without labels from what the run itself has (docs/algorithms.md §8).
 
-1. Witnesses. On a sample of the space the run's labels are decided in (its embeddings, whose
-   nearest centre is the label; for IMC-SwAV the classifier's probabilities), PCA to DIMS,
-   rows normalised, other clusterings of the same representation are fitted: WITNESSES k-means runs and, up to
+1. Witnesses. On a sample of the run's embeddings (PCA to DIMS, rows normalised), other
+   clusterings of the same representation are fitted: WITNESSES k-means runs and, up to
    SPECTRAL_MAX_K clusters, spectral clustering of the k-nearest-neighbour graph (another
    inductive bias, so its disagreements are less correlated with k-means'). Each is matched
    one-to-one to the run's clusters (Hungarian); an image's agreement is the mean, over the two

@@ -55,6 +55,3 @@ class MethodOutput:
     # mapping that produced `labels` (see core/predict.py). None for methods that cannot predict.
     predictor: torch.nn.Module | None = None
     precision: str = "fp32"  # what the predictor must run in to reproduce `labels`: bf16 or fp32
-    # (N, m) the space `labels` are decided in, where it is not the embeddings' nearest centre
-    # (IMC-SwAV: the classifier's probabilities); the calibration's witnesses cluster it
-    decided_in: torch.Tensor | None = None

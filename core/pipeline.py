@@ -89,8 +89,7 @@ def cluster(
         ctx.report("choose_k", len(output.history), len(output.history))
         result = with_chosen_k(result, images.shape[0])  # re-clustering calibrates its own confidences
     else:
-        result = calibrated(result, result.embeddings if output.decided_in is None
-                            else output.decided_in.float().cpu().numpy())
+        result = calibrated(result)
     if labels is not None:
         result.metrics = evaluate(np.asarray(labels), result.labels, result.confidences)
     result.timings["total"] = time.perf_counter() - started
@@ -109,11 +108,10 @@ def with_chosen_k(result: ClusterResult, n_images: int) -> ClusterResult:
                    predictor=None if result.predictor is None else reclustered_predictor(result.predictor, clustering))
 
 
-def calibrated(result: ClusterResult, decided_in: np.ndarray) -> ClusterResult:
+def calibrated(result: ClusterResult) -> ClusterResult:
     """`result` with its method's raw confidences replaced by estimates of P(cluster is right)
-    (core/calibration.py; its witnesses cluster `decided_in` (N, m)), and a predictor that gives
-    new images the same."""
-    confidences, calibration = calibrate(result.confidences, decided_in, result.labels, len(result.centres),
+    (core/calibration.py), and a predictor that gives new images the same."""
+    confidences, calibration = calibrate(result.confidences, result.embeddings, result.labels, len(result.centres),
                                          seed=result.config.seed)
     predictor = None if result.predictor is None else calibrated_predictor(result.predictor, calibration)
     return replace(result, confidences=confidences, predictor=predictor)

@@ -270,9 +270,9 @@ def refresh_batch_norm(model: IMCNet, images: torch.Tensor, views: Views, batch_
 
 
 def readout(model: IMCNet, images: torch.Tensor, views: Views, batch_size: int,
-            precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(labels, confidences, embeddings, probabilities (N, k)): classifier argmax and top
-    probability on the full images (§2.9); embeddings are the encoder features it reads."""
+            precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(labels, confidences, embeddings): classifier argmax and top probability on the full
+    images (§2.9); embeddings are the encoder features the classifier reads."""
     refresh_batch_norm(model, images, views, batch_size, precision)
     model.eval()
     embeddings = infer(model.encoder, images, views.full, images.device, precision=precision)  # (N, F)
@@ -280,9 +280,8 @@ def readout(model: IMCNet, images: torch.Tensor, views: Views, batch_size: int,
         logits = torch.cat([model.classifier(embeddings[part]).float()
                             for part in batches(embeddings.shape[0], 1024)])
     model.train()
-    probabilities = F.softmax(logits, dim=1)
-    confidences, labels = probabilities.max(1)
-    return labels, confidences, embeddings, probabilities
+    confidences, labels = F.softmax(logits, dim=1).max(1)
+    return labels, confidences, embeddings
 
 
 def train_imc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> MethodOutput:
@@ -298,10 +297,8 @@ def train_imc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> M
         metrics = train_epoch(images, state, step, views, plan, config.imc, ctx)
         end_epoch(ctx, state, epochs=plan.epochs, stage="clustering", metrics=metrics, started=started,
                   labels=lambda: readout(state.model, images, views, plan.batch_size, config.precision)[0])
-    labels, confidences, embeddings, probabilities = readout(state.model, images, views, plan.batch_size,
-                                                             config.precision)
+    labels, confidences, embeddings = readout(state.model, images, views, plan.batch_size, config.precision)
     centres = centres_of(embeddings, labels, config.k)
     predictor = IMCReadout(state.model, views.mean, views.std)
     return MethodOutput(labels, confidences, embeddings, centres, state.history, resumed_from,
-                        state.train_seconds, predictor, resolve_precision(ctx.device, config.precision),
-                        decided_in=probabilities)
+                        state.train_seconds, predictor, resolve_precision(ctx.device, config.precision))
