@@ -18,7 +18,7 @@ from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silho
 
 from core.errors import InvalidInput
 from core.kmeans import kmeans
-from core.recluster import normalise
+from core.recluster import TOL, normalise
 
 SAMPLE = 3000  # points the criterion is computed on; silhouette is O(sample²)
 RESTARTS = 2
@@ -44,10 +44,28 @@ class KChoice:
 
 Criterion = Callable[[np.ndarray, np.ndarray, np.ndarray], float]  # (x, labels, distances) -> higher = better
 
+def spherical_bic(x: np.ndarray, labels: np.ndarray) -> float:
+    """BIC of the k-means partition as a mixture of spherical Gaussians with one shared variance
+    (X-means: Pelleg & Moore, ICML 2000)."""
+    n, d = x.shape
+    k = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    centres = np.zeros((k, d))
+    np.add.at(centres, labels, x)
+    centres /= np.maximum(counts, 1)[:, None]
+    variance = max(float(((x - centres[labels]) ** 2).sum()) / (d * max(n - k, 1)), 1e-12)  # per dimension
+    present = counts[counts > 0]
+    log_likelihood = float((present * np.log(present / n)).sum()) - n * d / 2 * math.log(2 * math.pi * variance) \
+        - d * (n - k) / 2
+    parameters = (k - 1) + k * d + 1
+    return log_likelihood - parameters / 2 * math.log(n)
+
+
 CRITERIA: dict[str, Criterion] = {
     "silhouette": lambda x, labels, distances: float(silhouette_score(distances, labels, metric="precomputed")),
     "calinski_harabasz": lambda x, labels, distances: float(calinski_harabasz_score(x, labels)),
     "davies_bouldin": lambda x, labels, distances: -float(davies_bouldin_score(x, labels)),
+    "bic": lambda x, labels, distances: spherical_bic(x, labels),
 }
 
 
@@ -67,23 +85,37 @@ def sample_of(embeddings: np.ndarray, size: int, seed: int) -> torch.Tensor:
     return normalise(x)
 
 
-def score_ks(embeddings: np.ndarray, k_max: int, *, criterion: str = CRITERION, seed: int = 0,
-             sample: int = SAMPLE) -> list[tuple[int, float]]:
-    """(k, score) for k = 2..k_max, each from one k-means of the same sample."""
+@dataclass(frozen=True)
+class Partitions:
+    """k-means partitions of one normalised sample for every k tried."""
+
+    points: np.ndarray  # (S, d) float64, unit rows
+    distances: np.ndarray  # (S, S) Euclidean
+    labels: dict[int, np.ndarray]  # k -> (S,) labels
+
+
+def partitions(embeddings: np.ndarray, k_max: int, *, seed: int = 0, sample: int = SAMPLE) -> Partitions:
+    """One k-means of the same seeded sample for each k = 2..k_max (capped below the sample size)."""
     x = sample_of(embeddings, sample, seed)
     k_max = min(k_max, x.shape[0] - 1)  # silhouette needs fewer clusters than points
     if k_max < 2:
         raise InvalidInput(f"choosing k needs at least 3 images and k_max >= 2 (got {x.shape[0]}, {k_max})")
-    points = x.numpy().astype(np.float64)
     distances = torch.cdist(x, x).clamp_min_(0).numpy().astype(np.float64)
     np.fill_diagonal(distances, 0)
     generator = torch.Generator().manual_seed(seed)
+    labels = {k: kmeans(x, k, generator=generator, restarts=RESTARTS, tol=TOL).labels.numpy()
+              for k in range(2, k_max + 1)}
+    return Partitions(x.numpy().astype(np.float64), distances, labels)
+
+
+def score_ks(embeddings: np.ndarray | Partitions, k_max: int, *, criterion: str = CRITERION, seed: int = 0,
+             sample: int = SAMPLE) -> list[tuple[int, float]]:
+    """(k, score) for k = 2..k_max, each from one k-means of the same sample; higher is better."""
+    parts = embeddings if isinstance(embeddings, Partitions) else partitions(embeddings, k_max, seed=seed,
+                                                                             sample=sample)
     score = CRITERIA[criterion]
-    scores = []
-    for k in range(2, k_max + 1):
-        labels = kmeans(x, k, generator=generator, restarts=RESTARTS).labels.numpy()
-        scores.append((k, score(points, labels, distances) if len(np.unique(labels)) > 1 else -math.inf))
-    return scores
+    return [(k, score(parts.points, labels, parts.distances) if len(np.unique(labels)) > 1 else -math.inf)
+            for k, labels in parts.labels.items() if k <= k_max]
 
 
 def choose_k(embeddings: np.ndarray, k_max: int, *, seed: int = 0) -> KChoice:

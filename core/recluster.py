@@ -28,6 +28,7 @@ from core.predictor import Predictor
 FIT_SAMPLE = 20_000
 RESTARTS = 3
 POLISH_ITERATIONS = 30
+TOL = 1e-4  # sklearn's default: the centres' total squared move, relative to the total variance
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,10 @@ def fit_kmeans(x: torch.Tensor, k: int, generator: torch.Generator) -> KMeansFit
     """k-means of x (N, d): restarts on a sample of FIT_SAMPLE points, then Lloyd on all."""
     n = x.shape[0]
     if n <= FIT_SAMPLE:
-        return kmeans(x, k, generator=generator, restarts=RESTARTS)
+        return kmeans(x, k, generator=generator, restarts=RESTARTS, tol=TOL)
     sample = torch.randperm(n, generator=generator, device=generator.device)[:FIT_SAMPLE].to(x.device)
-    seeded = kmeans(x[sample], k, generator=generator, restarts=RESTARTS)
-    return lloyd(x, seeded.centres, iterations=POLISH_ITERATIONS, tol=1e-6)
+    seeded = kmeans(x[sample], k, generator=generator, restarts=RESTARTS, tol=TOL)
+    return lloyd(x, seeded.centres, iterations=POLISH_ITERATIONS, tol=TOL)
 
 
 def recluster(embeddings: np.ndarray, k: int, *, seed: int = 0, labels: np.ndarray | None = None) -> Reclustering:

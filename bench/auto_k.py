@@ -1,0 +1,87 @@
+"""`core.cluster` with k omitted, as a job runs it: the chosen k, and NMI there against k = 10 of the same run.
+
+    python -m bench.auto_k --set mnist --subset 10000 --time 240 --out bench/results/auto_k-mnist10k-imc.json
+    python -m bench.auto_k --set fashion-mnist --subset 10000 --time 240 --out ...
+    python -m bench.auto_k --set digits --time 60 --out bench/results/auto_k-digits-imc.json
+
+MNIST and Fashion-MNIST come from ../shared/datasets at 32 px (bench/datasets.py, the working size
+an upload of them gets); the digits are `corral demo`'s 1,797 PNGs, decoded as the service does.
+NMI at k = 10 re-clusters the same run's embeddings (core/recluster.py), so the two numbers share
+one trained network. --save writes the run's embeddings and classes to an .npz for bench/k_criteria.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.config import ClusterConfig
+from core.pipeline import cluster
+from core.recluster import recluster
+
+
+def images_of(name: str, data: Path, subset: int | None) -> tuple[torch.Tensor, np.ndarray]:
+    if name == "digits":
+        from commands.demo import digits_zip
+        from core.data.images import read_images
+
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "digits.zip"
+            digits_zip(archive)
+            decoded = read_images(archive)
+        assert decoded.labels is not None
+        images, labels = decoded.images, np.asarray(decoded.labels)
+    else:
+        from bench.datasets import load
+
+        images, labels = load(name, data, split="train")
+    return (images[:subset], labels[:subset]) if subset else (images, labels)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--set", choices=("mnist", "fashion-mnist", "digits"), default="digits")
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    parser.add_argument("--subset", type=int, default=None, help="the first N training images")
+    parser.add_argument("--method", default="imc")
+    parser.add_argument("--time", type=float, default=None, help="time_budget_s")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--k-max", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", type=Path, default=None, help="write embeddings and truth here (.npz)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    images, labels = images_of(args.set, args.data, args.subset)
+    config = ClusterConfig(method=args.method, time_budget_s=args.time, epochs=args.epochs, k_max=args.k_max,
+                           seed=args.seed)
+    load_before, started = os.getloadavg()[0], time.perf_counter()
+    result = cluster(images, config, labels=labels)
+    wall = time.perf_counter() - started
+    assert result.k_choice is not None and result.metrics is not None
+    at_ten = recluster(result.embeddings, 10, seed=args.seed, labels=labels).metrics or {}
+    if args.save is not None:
+        np.savez(args.save, embeddings=result.embeddings, truth=labels, labels=result.labels)
+    report = {
+        "set": args.set, "n": len(labels), "method": args.method, "time_budget_s": args.time,
+        "epochs": len(result.history), "k_max": result.k_choice.k_max, "criterion": result.k_choice.criterion,
+        "chosen_k": result.k_choice.k, "nmi": result.metrics["nmi"], "acc": result.metrics["acc"],
+        "ari": result.metrics["ari"], "nmi_at_10": at_ten["nmi"], "acc_at_10": at_ten["acc"],
+        "nmi_ratio": result.metrics["nmi"] / at_ten["nmi"], "seconds": round(wall, 1),
+        "choose_k_s": round(result.timings.get("choose_k", float("nan")), 2),
+        "load_before": load_before, "load_after": os.getloadavg()[0],
+        "scores": result.k_choice.to_dict()["scores"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps({key: value for key, value in report.items() if key != "scores"}))
+
+
+if __name__ == "__main__":
+    main()
