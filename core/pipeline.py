@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.calibration import calibrate, calibrated_predictor
 from core.checkpoint import Checkpoint
 from core.config import ClusterConfig
 from core.context import RunContext
@@ -86,9 +87,11 @@ def cluster(
     )
     if config.k is None:
         ctx.report("choose_k", len(output.history), len(output.history))
-        result = with_chosen_k(result, images.shape[0])
+        result = with_chosen_k(result, images.shape[0])  # re-clustering calibrates its own confidences
+    else:
+        result = calibrated(result)
     if labels is not None:
-        result.metrics = evaluate(np.asarray(labels), result.labels)
+        result.metrics = evaluate(np.asarray(labels), result.labels, result.confidences)
     result.timings["total"] = time.perf_counter() - started
     ctx.report("done", len(output.history), len(output.history))
     return result
@@ -103,6 +106,15 @@ def with_chosen_k(result: ClusterResult, n_images: int) -> ClusterResult:
     return replace(result, labels=clustering.labels, confidences=clustering.confidences,
                    centres=clustering.centres, k_choice=choice,
                    predictor=None if result.predictor is None else reclustered_predictor(result.predictor, clustering))
+
+
+def calibrated(result: ClusterResult) -> ClusterResult:
+    """`result` with its method's raw confidences replaced by estimates of P(cluster is right)
+    (core/calibration.py), and a predictor that gives new images the same."""
+    confidences, calibration = calibrate(result.confidences, result.embeddings, result.labels, len(result.centres),
+                                         seed=result.config.seed)
+    predictor = None if result.predictor is None else calibrated_predictor(result.predictor, calibration)
+    return replace(result, confidences=confidences, predictor=predictor)
 
 
 def _as_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.calibration import Calibration, calibrate, calibrated_predictor
 from core.config import BOUNDS
 from core.errors import InvalidInput
 from core.kmeans import KMeansFit, distance_confidence, distance_scale, kmeans, lloyd, squared_distances
@@ -39,6 +40,7 @@ class Reclustering:
     # The confidence softmax's temperature: the mean squared distance to the own centre over the
     # re-clustered set, so a predictor built from this gives new images confidences on one scale.
     scale: float = 1.0
+    calibration: Calibration | None = None  # raw k-means confidence -> P(right), core/calibration.py
 
 
 def normalise(features: torch.Tensor) -> torch.Tensor:
@@ -73,15 +75,19 @@ def recluster(embeddings: np.ndarray, k: int, *, seed: int = 0, labels: np.ndarr
     if labels is not None and len(labels) != x.shape[0]:
         raise InvalidInput(f"labels has {len(labels)} entries for {x.shape[0]} embeddings; give one per image")
     generator = torch.Generator().manual_seed(seed)
-    fit = fit_kmeans(normalise(x), k, generator)
+    unit = normalise(x)
+    fit = fit_kmeans(unit, k, generator)
     predicted = fit.labels.numpy().astype(np.int64)
     scale = distance_scale(fit.distances)
+    raw = distance_confidence(fit.distances, scale).numpy()
+    confidences, calibration = calibrate(raw, unit.numpy(), predicted, k, seed=seed)
     return Reclustering(
         labels=predicted,
-        confidences=distance_confidence(fit.distances, scale).numpy().astype(np.float32),
+        confidences=confidences,
         centres=fit.centres.numpy().astype(np.float32),
-        metrics=None if labels is None else evaluate(np.asarray(labels), predicted),
+        metrics=None if labels is None else evaluate(np.asarray(labels), predicted, confidences),
         scale=float(scale),
+        calibration=calibration,
     )
 
 
@@ -116,6 +122,7 @@ def reclustered_predictor(base: Predictor, clustering: Reclustering) -> Predicto
     device = next(iter(base.readout.state_dict().values())).device
     scale = torch.tensor(clustering.scale, dtype=torch.float32)
     readout = ReclusteredReadout(base.readout, centres.to(device), scale.to(device))
-    return Predictor(readout, image_size=base.image_size, channels=base.channels, k=len(centres),
-                     method=base.method, precision=base.precision)
+    predictor = Predictor(readout, image_size=base.image_size, channels=base.channels, k=len(centres),
+                          method=base.method, precision=base.precision)
+    return predictor if clustering.calibration is None else calibrated_predictor(predictor, clustering.calibration)
 

@@ -34,10 +34,13 @@ ProgressCallback = Callable[[Progress], None]
 class ClusterResult:
     """Per-image labels and confidences plus what produced them.
 
-    confidence: for MMDC, softmax over the cosine similarities to the centres at temperature
-    0.1 (the probability of the assigned centre); for IMC the classifier's top probability;
-    for k-means the same softmax over negative squared distances scaled by their median.
-    In every method it lies in (1/k, 1] and ranks images by how clearly they belong.
+    confidence: an estimate of the probability that the image's cluster is right (its class is
+    the one its cluster stands for), in [0, 1]. It is the method's raw score (MMDC: softmax of
+    the cosines to the centres at temperature 0.1; IMC: the classifier's top probability;
+    k-means: softmax of negative squared distances scaled by the mean distance to the own
+    centre) mapped through a non-decreasing function fitted without labels
+    (core/calibration.py) to how often other clusterings of the same embeddings agree with the
+    image's cluster. It keeps the raw score's ranking.
     """
 
     labels: np.ndarray  # (N,) int64 in [0, k)
@@ -47,7 +50,7 @@ class ClusterResult:
     config: ClusterConfig
     device: str
     timings: dict[str, float] = field(default_factory=dict)  # seconds: train, embed, total
-    metrics: dict[str, float] | None = None  # acc, nmi, ari when labels were given
+    metrics: dict[str, float] | None = None  # acc, nmi, ari and ece (of the confidences) when labels were given
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
     resumed_from_epoch: int = 0
     predictor: Predictor | None = None  # applies the trained clustering to new images

@@ -128,7 +128,7 @@ def test_cluster_imc_returns_labels_confidences_and_embeddings(tiny_images, conf
     result = cluster(tiny_images, config)
     n = tiny_images.shape[0]
     assert result.labels.shape == (n,) and result.labels.min() >= 0 and result.labels.max() < 3
-    assert ((result.confidences > 1 / 3 - 1e-6) & (result.confidences <= 1 + 1e-6)).all()
+    assert ((result.confidences >= 0) & (result.confidences <= 1)).all()  # P(cluster is right)
     assert result.embeddings.shape == (n, 256)  # the pooled small VGG for grey 16 px images
     assert result.centres.shape == (3, 256)
     assert len(result.history) == 2 and np.isfinite(result.history[-1]["loss"])

@@ -86,7 +86,8 @@ def test_cluster_recovers_three_separable_classes(images):
     assert accuracy(labels, result.labels) >= 0.95
     assert result.metrics["acc"] >= 0.95
     assert result.embeddings.shape == (90, 3) and result.centres.shape == (3, 3)
-    assert ((result.confidences > 1 / 3 - 1e-6) & (result.confidences <= 1 + 1e-6)).all()
+    # separated classes, (nearly) all right: calibrated confidence says so (it was ~0.5-0.6 raw)
+    assert result.confidences.mean() >= 0.9 and result.metrics["ece"] <= 0.1
     assert len(result.history) == 10
     refined = [h for h in result.history if "refine_kept" in h]  # epochs 5-10 (refinement from 40 %)
     assert [h["epoch"] for h in refined] == [5, 6, 7, 8, 9, 10]

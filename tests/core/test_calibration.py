@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import torch
+
+from core.calibration import CalibratedReadout, Calibration, agrees, calibrate
+from core.kmeans import distance_confidence, distance_scale, kmeans
+from core.metrics import expected_calibration_error
+
+
+def blobs(sizes: list[int], separation: float, dims: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian classes (unit variance) whose means are `separation` apart on average."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(len(sizes), dims)) * separation / np.sqrt(2)
+    truth = np.concatenate([np.full(size, c) for c, size in enumerate(sizes)])
+    return (means[truth] + rng.normal(size=(len(truth), dims))).astype(np.float32), truth
+
+
+def kmeans_run(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A run's labels and raw confidences: the pixel baseline's read-out on x."""
+    fit = kmeans(torch.from_numpy(x), k, generator=torch.Generator().manual_seed(0), restarts=3)
+    return fit.labels.numpy(), distance_confidence(fit.distances, distance_scale(fit.distances)).numpy()
+
+
+def test_separated_unequal_classes_get_confidence_near_one():
+    x, truth = blobs([300, 120, 60], separation=12.0)
+    labels, raw = kmeans_run(x, 3)
+    confidences, _ = calibrate(raw, x, labels, 3)
+    assert confidences.min() >= 0.98 and expected_calibration_error(truth, labels, confidences) <= 0.02
+
+
+def test_overlapping_classes_get_calibrated_confidences():
+    x, truth = blobs([200] * 4, separation=3.0, dims=4)
+    labels, raw = kmeans_run(x, 4)
+    confidences, _ = calibrate(raw, x, labels, 4)
+    before = expected_calibration_error(truth, labels, raw)
+    after = expected_calibration_error(truth, labels, confidences)
+    assert after <= 0.1 and after < before / 2  # the raw softmax is far off here
+
+
+def test_calibration_keeps_the_raw_order_and_the_unit_interval():
+    x, _ = blobs([150] * 3, separation=3.0)
+    labels, raw = kmeans_run(x, 3)
+    confidences, calibration = calibrate(raw, x, labels, 3)
+    assert ((confidences >= 0) & (confidences <= 1)).all()
+    order = np.argsort(raw, kind="stable")
+    assert (np.diff(confidences[order]) >= 0).all()  # non-decreasing in the raw score
+    assert (np.diff(calibration(np.array([0.0, 0.5, 1.0]))) > 0).all()  # strictly: ties keep their order
+
+
+def test_calibration_is_deterministic_per_seed():
+    x, _ = blobs([100] * 3, separation=3.0)
+    labels, raw = kmeans_run(x, 3)
+    assert np.array_equal(calibrate(raw, x, labels, 3, seed=1)[0], calibrate(raw, x, labels, 3, seed=1)[0])
+
+
+def test_agreement_matches_clusters_up_to_renaming():
+    own = np.array([0, 0, 1, 1, 2, 2])
+    assert agrees(np.array([2, 2, 0, 0, 1, 1]), own, 3).tolist() == [1.0] * 6
+    assert agrees(np.array([2, 2, 0, 0, 1, 0]), own, 3).tolist() == [1, 1, 1, 1, 1, 0]
+
+
+def test_a_single_knot_maps_every_score_to_its_value():
+    calibration = Calibration(np.array([0.7]), np.array([1.0]))
+    assert calibration(np.array([0.2, 0.9])) == pytest.approx([0.99 + 0.002, 0.99 + 0.009])
+
+
+class Constant(torch.nn.Module):
+    """A read-out that labels everything 0 with raw confidence 0.5, and embeds to zeros."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("unused", torch.zeros(1))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(images), 2)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(len(images), dtype=torch.int64), torch.full((len(images),), 0.5)
+
+
+def test_calibrated_readout_maps_the_base_confidence_and_embeds_as_the_base():
+    readout = CalibratedReadout(Constant(), Calibration(np.array([0.0, 1.0]), np.array([0.2, 0.8])))
+    labels, confidences = readout(torch.zeros(3, 1, 4, 4, dtype=torch.uint8))
+    assert labels.tolist() == [0, 0, 0] and confidences.numpy() == pytest.approx([0.99 * 0.5 + 0.005] * 3)
+    assert readout.embed(torch.zeros(3, 1, 4, 4)).shape == (3, 2)
