@@ -44,9 +44,31 @@ def write_results(
     if connection.dialect.name == "postgresql":
         _copy_assignments(connection.connection.driver_connection, rows)
     elif rows:
-        keys = ("image_id", "job_id", "seq", "cluster", "confidence")
-        session.execute(insert(Assignment), [dict(zip(keys, row, strict=True)) for row in rows])
+        # Plain executemany with the ORM's UUID binding: 70,000 rows in 0.3 s where
+        # insert(Assignment) with a list of dicts took 1.1 s (bench/recluster.py's write).
+        uuid_in = Assignment.__table__.c.image_id.type.bind_processor(connection.dialect) or _same
+        job = uuid_in(job_id)
+        connection.exec_driver_sql(
+            "INSERT INTO assignments (image_id, job_id, seq, cluster, confidence) VALUES (?, ?, ?, ?, ?)",
+            [(uuid_in(image_id), job, seq, label, conf) for image_id, _, seq, label, conf in rows],
+        )
     session.execute(insert(Cluster), _summaries(job_id, images, rows, k))
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def clustered_images(session: Session, *, job_id: uuid.UUID) -> list[Image]:
+    """The image rows a succeeded job assigned, in upload (`seq`) order: the rows of its
+    embeddings.npy. A re-clustering clusters exactly these again."""
+    query = (
+        select(Image)
+        .join(Assignment, Assignment.image_id == Image.id)
+        .where(Assignment.job_id == job_id)
+        .order_by(Assignment.seq)
+    )
+    return list(session.scalars(query))
 
 
 def _copy_assignments(driver_connection: Any, rows: list[tuple[Any, ...]]) -> None:
