@@ -87,7 +87,10 @@ def _execute(settings: Settings, *statements: str) -> None:
         engine.dispose()
 
 
-JOB_COLUMNS = "id, state, params, archive_format, archive_entries, n_images, n_skipped, skipped, attempts, created_at, updated_at"
+JOB_COLUMNS = (
+    "id, state, params, archive_format, archive_entries, n_images, n_skipped, skipped, attempts, created_at, "
+    "updated_at"
+)
 
 
 def test_0003_up_and_down_keeps_jobs_images_and_results(empty_database: Settings) -> None:
