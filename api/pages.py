@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
@@ -158,17 +159,17 @@ class KChoicePlot:
     high: float
 
 
-def k_choice_plot(selection: dict[str, object] | None) -> KChoicePlot | None:
+def k_choice_plot(selection: dict[str, Any] | None) -> KChoicePlot | None:
     """Plot data for `Job.k_selection` (core's KChoice.to_dict()); None without one."""
     if not selection or not isinstance(selection.get("scores"), list) or not selection["scores"]:
         return None
-    scores = sorted((int(s["k"]), float(s["score"])) for s in selection["scores"])  # type: ignore[index]
+    scores = sorted((int(s["k"]), float(s["score"])) for s in selection["scores"])
     ks = [k for k, _ in scores]
     values = [v for _, v in scores if np.isfinite(v)] or [0.0]
     low, high = min(values), max(values)
     span_k, span_v = max(1, ks[-1] - ks[0]), (high - low) or 1.0
     inner_w, inner_h = PLOT_WIDTH - 2 * PLOT_PAD, PLOT_HEIGHT - 2 * PLOT_PAD
-    chosen = int(selection.get("k", -1))  # type: ignore[call-overload]
+    chosen = int(selection.get("k", -1))
     points = []
     for k, value in scores:
         shown = value if np.isfinite(value) else low
@@ -178,7 +179,7 @@ def k_choice_plot(selection: dict[str, object] | None) -> KChoicePlot | None:
     return KChoicePlot(
         criterion=str(selection.get("criterion", "")),
         k=chosen,
-        k_max=int(selection.get("k_max", ks[-1])),  # type: ignore[call-overload]
+        k_max=int(selection.get("k_max", ks[-1])),
         points=points,
         line=" ".join(f"{p.x},{p.y}" for p in points),
         width=PLOT_WIDTH,
