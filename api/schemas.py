@@ -91,6 +91,12 @@ class ReclusterParams(BaseModel):
 
     k: int = _bounded("k", description="number of clusters; at most the images the job clustered")
 
+    @field_validator("k", mode="before")
+    @classmethod
+    def _integral_number(cls, value: Any) -> Any:
+        """JSON Schema's integer: 15.0 is one too (a JSON body may carry it)."""
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
 
 class Problem(BaseModel):
     """RFC 9457 problem details; `errors` lists the fields at fault on 422."""

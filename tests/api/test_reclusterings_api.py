@@ -211,6 +211,10 @@ def test_a_bad_k_is_422(client: TestClient, succeeded_job: Job, body: dict[str, 
     assert field in [error["field"] for error in found["errors"]]
 
 
+def test_k_as_an_integral_json_number_is_taken(client: TestClient, succeeded_job: Job) -> None:
+    assert recluster(client, succeeded_job["id"], 3.0).json()["k"] == 3
+
+
 def test_k_above_the_clustered_images_is_422(client: TestClient, succeeded_job: Job) -> None:
     body = problem(recluster(client, succeeded_job["id"], 21), 422, "too_few_images")
     assert body["images"] == 20 and body["errors"][0]["field"] == "k"
