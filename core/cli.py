@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 def add_cluster_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = commands.add_parser("cluster", help="cluster a folder or archive of images locally")
     cmd.add_argument("path", type=Path, help="folder, zip or tar(.gz) of images")
-    cmd.add_argument("--k", type=int, required=True, help="number of clusters")
+    cmd.add_argument("--k", type=_k, default=None,
+                     help="number of clusters; 'auto' or omitted: chosen after training, in 2..--k-max")
+    cmd.add_argument("--k-max", type=int, default=ClusterConfig.k_max,
+                     help="the largest k tried when k is chosen (default %(default)s, capped at the image count)")
     cmd.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD)
     cmd.add_argument("--epochs", type=int, default=None, help="default: fitted to --time, else the method's")
     add_time_argument(cmd)
@@ -67,6 +70,15 @@ def add_time_argument(cmd: argparse.ArgumentParser) -> None:
                           "(--epochs wins); on a CPU the default is 10m at most 50 epochs")
 
 
+def _k(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of clusters; give an integer or auto") from None
+
+
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
@@ -78,9 +90,9 @@ def run_cluster(args: argparse.Namespace) -> int:
     from core.data.images import read_images  # torch is imported only when needed
     from core.pipeline import cluster
 
-    config = ClusterConfig(k=args.k, method=args.method, epochs=args.epochs, time_budget_s=args.time,
-                           seed=args.seed, batch_size=args.batch_size, image_size=args.image_size,
-                           precision=args.precision)
+    config = ClusterConfig(k=args.k, k_max=args.k_max, method=args.method, epochs=args.epochs,
+                           time_budget_s=args.time, seed=args.seed, batch_size=args.batch_size,
+                           image_size=args.image_size, precision=args.precision)
     config.validate()
     image_set = read_images(args.path, image_size=args.image_size)
     for path, reason in image_set.skipped:
@@ -92,9 +104,13 @@ def run_cluster(args: argparse.Namespace) -> int:
                      on_progress=bar, checkpoint=args.checkpoint)
     if bar is not None:
         bar.close()
-    sizes = [int((result.labels == c).sum()) for c in range(config.k)]
-    print(f"{len(image_set.paths)} images -> {config.k} clusters of sizes {sizes} on {result.device} "
+    k = len(result.centres)
+    sizes = [int((result.labels == c).sum()) for c in range(k)]
+    print(f"{len(image_set.paths)} images -> {k} clusters of sizes {sizes} on {result.device} "
           f"in {result.timings['total']:.1f} s" + (f" ({len(result.history)} epochs)" if result.history else ""))
+    if result.k_choice is not None:
+        choice = result.k_choice
+        print(f"k={k} chosen by the {choice.criterion} score, the best of k = 2..{choice.k_max}")
     if result.metrics is not None:
         m = result.metrics
         print(f"against the {len(image_set.class_names)} folders: "

@@ -22,6 +22,7 @@ MAX_K = 1000
 # fields from this table, so a request and a library call are refused alike.
 BOUNDS: dict[str, tuple[int, int]] = {
     "k": (2, MAX_K),
+    "k_max": (2, MAX_K),  # the largest k tried when k is chosen; a run caps it at its image count
     "epochs": (1, 10_000),
     "seed": (0, 2**31 - 1),
     "batch_size": (2, 8192),
@@ -93,7 +94,8 @@ class IMCParams:
 class ClusterConfig:
     """Everything that determines a run's result, given the images and the seed."""
 
-    k: int
+    # None = train once, then choose k in 2..k_max on the trained representation (core/kselect.py)
+    k: int | None = None
     method: Method = DEFAULT_METHOD
     epochs: int | None = None  # None = fitted to time_budget_s, else the method's default (core/budget.py)
     # Seconds the job may train (probe included; the read-out comes on top). The epochs are
@@ -107,6 +109,9 @@ class ClusterConfig:
     precision: Precision = "auto"
     mmdc: MMDCParams = field(default_factory=MMDCParams)
     imc: IMCParams = field(default_factory=IMCParams)
+    # Only read when k is None. Capped at the image count rather than refused (k_max_for), so the
+    # default 50 works for any set; an explicit k above the image count is still refused.
+    k_max: int = 50
 
     def validate(self, n_images: int | None = None) -> None:
         """Raise InvalidInput naming the parameter and the fix."""
@@ -116,10 +121,14 @@ class ClusterConfig:
             value = getattr(self, name)
             if value is not None and not low <= value <= high:  # NaN fails too
                 raise InvalidInput(f"{name}={value} is out of range; use {low} <= {name} <= {high}")
-        if n_images is not None and self.k > n_images:
+        if n_images is not None and self.k is not None and self.k > n_images:
             raise InvalidInput(f"k={self.k} exceeds the {n_images} images given; lower k")
         if self.precision not in PRECISIONS:
             raise InvalidInput(f"precision={self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+
+    def k_max_for(self, n_images: int) -> int:
+        """The largest k tried for `n_images` images: k_max, capped at the image count."""
+        return min(self.k_max, n_images)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,5 +1,5 @@
-"""k-means (Lloyd, k-means++ seeding) in torch, on any device: MMDC's refinement (core/refine.py)
-and the pixel baseline (core/methods/kmeans.py) both run it."""
+"""k-means (Lloyd, k-means++ seeding) in torch, on any device: MMDC's refinement (core/refine.py),
+the pixel baseline (core/methods/kmeans.py) and re-clustering (core/recluster.py) run it."""
 
 from __future__ import annotations
 
@@ -82,3 +82,14 @@ def kmeans(
             best = fit
     assert best is not None
     return best
+
+
+def distance_scale(distances: torch.Tensor) -> torch.Tensor:
+    """The mean squared distance to the own centre: the temperature of the confidence softmax."""
+    return distances.min(1).values.mean().clamp_min(1e-12)
+
+
+def distance_confidence(distances: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax over negative squared distances scaled by the mean distance to the own centre."""
+    scale = distance_scale(distances) if scale is None else scale
+    return torch.softmax(-distances / scale, dim=1).max(1).values

@@ -66,17 +66,19 @@ def budget_of(config: ClusterConfig, device: torch.device) -> tuple[float, int] 
 
 
 def pace(images: torch.Tensor, config: ClusterConfig, device: torch.device, *, started: float,
-         checkpoint: Path | None = None, on_progress: ProgressCallback | None = None) -> Paced:
+         checkpoint: Path | None = None, on_progress: ProgressCallback | None = None,
+         recorded: ClusterConfig | None = None) -> Paced:
     """Fit config.epochs to the budget (see budget_of) counted from `started` (perf_counter).
 
     images: (N, C, S, S) uint8 on `device`. A checkpoint of the same run keeps its epochs, so a
-    resumed job continues the schedule it began instead of probing again.
+    resumed job continues the schedule it began instead of probing again. recorded: the config
+    as the checkpoint records the run, when it is not `config` (k None for a k chosen later).
     """
     budget = budget_of(config, device)
     if budget is None:
         return Paced(config)
     budget_s, max_epochs = budget
-    epochs = checkpointed_epochs(checkpoint, config)
+    epochs = checkpointed_epochs(checkpoint, recorded or config)
     if epochs is not None:
         plan = EpochPlan(epochs, float("nan"), budget_s, float("nan"))
         return Paced(config.with_(epochs=epochs), plan, Deadline(started + budget_s))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,12 @@ from core.checkpoint import Checkpoint
 from core.config import ClusterConfig
 from core.context import RunContext
 from core.errors import InvalidInput
+from core.kselect import choose_k, training_k
 from core.methods import METHODS
 from core.metrics import evaluate
 from core.pacing import pace
 from core.predictor import Predictor
+from core.recluster import recluster, reclustered_predictor
 from core.result import ClusterResult, ProgressCallback
 from core.runtime import configure_backend, cpu_threads, pick_device
 
@@ -34,7 +37,7 @@ def cluster(
     checkpoint: str | Path | None = None,
     eval_every: int = 0,
 ) -> ClusterResult:
-    """Cluster `images` (N, C, H, W) or (N, H, W) uint8 into config.k groups.
+    """Cluster `images` (N, C, H, W) or (N, H, W) uint8 into config.k groups (chosen when None).
 
     labels: known classes, only to score the result (ACC/NMI/ARI) — never used for training.
     checkpoint: training state is saved there at every epoch end; an existing file resumes.
@@ -51,37 +54,55 @@ def cluster(
     device = pick_device(device)
     configure_backend(device)
     images = images.to(device)
-    paced = pace(images, config, device, started=started, checkpoint=Path(checkpoint) if checkpoint else None,
-                 on_progress=on_progress)
-    config = paced.config  # epochs fitted to the time budget; the probe came before the seeding
+    # k omitted: train once at the method's training k, choose k afterwards (core/kselect.py)
+    trained = config if config.k is not None else config.with_(k=training_k(config.method, images.shape[0]))
+    paced = pace(images, trained, device, started=started, checkpoint=Path(checkpoint) if checkpoint else None,
+                 on_progress=on_progress, recorded=config)
+    trained = paced.config  # epochs fitted to the time budget; the probe came before the seeding
+    config = trained.with_(k=config.k)  # what the result and the checkpoint record: k stays None
     torch.manual_seed(config.seed)  # network initialisation
     generator = torch.Generator(device=device).manual_seed(config.seed)  # every other draw
     saved = Checkpoint(Path(checkpoint), config.to_dict(), images.shape[0]) if checkpoint else None
     ctx = RunContext(device=device, generator=generator, on_progress=on_progress, checkpoint=saved,
                      labels=None if labels is None else np.asarray(labels), eval_every=eval_every,
                      plan=paced.plan, deadline=paced.deadline)
-    log.info("clustering %d images of %s into k=%d with %s on %s", images.shape[0],
-             tuple(images.shape[1:]), config.k, config.method, device)
+    log.info("clustering %d images of %s into k=%s with %s on %s", images.shape[0],
+             tuple(images.shape[1:]), config.k or "auto", config.method, device)
     with cpu_threads(paced.threads):
-        output = METHODS[config.method](images, config, ctx)
-    predicted = output.labels.cpu().numpy().astype(np.int64)
-    total = time.perf_counter() - started
-    ctx.report("done", len(output.history), len(output.history))
-    return ClusterResult(
-        labels=predicted,
+        output = METHODS[config.method](images, trained, ctx)
+    result = ClusterResult(
+        labels=output.labels.cpu().numpy().astype(np.int64),
         confidences=output.confidences.float().cpu().numpy(),
         embeddings=output.embeddings.float().cpu().numpy(),
         centres=output.centres.float().cpu().numpy(),
         config=config,
         device=str(device),
-        timings={"train": output.train_seconds, "total": total},
-        metrics=None if labels is None else evaluate(np.asarray(labels), predicted),
+        timings={"train": output.train_seconds},
         history=output.history,
         resumed_from_epoch=output.resumed_from_epoch,
         predictor=None if output.predictor is None else Predictor(
-            output.predictor, image_size=images.shape[-1], channels=images.shape[1], k=config.k,
+            output.predictor, image_size=images.shape[-1], channels=images.shape[1], k=len(output.centres),
             method=config.method, precision=output.precision),
     )
+    if config.k is None:
+        ctx.report("choose_k", len(output.history), len(output.history))
+        result = with_chosen_k(result, images.shape[0])
+    if labels is not None:
+        result.metrics = evaluate(np.asarray(labels), result.labels)
+    result.timings["total"] = time.perf_counter() - started
+    ctx.report("done", len(output.history), len(output.history))
+    return result
+
+
+def with_chosen_k(result: ClusterResult, n_images: int) -> ClusterResult:
+    """`result` of a run trained at its training k, re-clustered at the k chosen on its embeddings."""
+    started = time.perf_counter()
+    choice = choose_k(result.embeddings, result.config.k_max_for(n_images), seed=result.config.seed)
+    clustering = recluster(result.embeddings, choice.k, seed=result.config.seed)
+    result.timings["choose_k"] = time.perf_counter() - started
+    return replace(result, labels=clustering.labels, confidences=clustering.confidences,
+                   centres=clustering.centres, k_choice=choice,
+                   predictor=None if result.predictor is None else reclustered_predictor(result.predictor, clustering))
 
 
 def _as_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -11,13 +11,15 @@ import numpy as np
 from core.config import ClusterConfig
 
 if TYPE_CHECKING:  # core.predictor imports torch; this module stays importable without it
+    from core.kselect import KChoice
     from core.predictor import Predictor
 
 
 @dataclass(frozen=True)
 class Progress:
     """One progress report. `stage` is one of: probe (timing the method for a
-    time budget), setup, rotation, clustering, refine, embed, done."""
+    time budget), setup, rotation, clustering, refine, embed, choose_k (k omitted: choosing it on
+    the trained representation), done."""
 
     stage: str
     epoch: int  # epochs finished so far
@@ -49,3 +51,5 @@ class ClusterResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
     resumed_from_epoch: int = 0
     predictor: Predictor | None = None  # applies the trained clustering to new images
+    # How k was chosen when the config left it None (then k = len(centres)); None when k was given
+    k_choice: KChoice | None = None

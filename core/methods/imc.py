@@ -109,9 +109,12 @@ class IMCReadout(nn.Module):
         self.register_buffer("mean", mean.detach().clone())  # (C,)
         self.register_buffer("std", std.detach().clone())  # (C,)
 
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder features (N, F): the run's `embeddings` for its own images."""
+        return self.net.encoder(channels_last(augment.normalise(augment.to_unit(images), self.mean, self.std)))
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = augment.normalise(augment.to_unit(images), self.mean, self.std)
-        features = self.net.encoder(channels_last(x))  # (N, F)
+        features = self.embed(images)  # (N, F)
         confidences, labels = F.softmax(self.net.classifier(features).float(), dim=1).max(1)
         return labels, confidences
 

@@ -7,18 +7,7 @@ from torch import nn
 
 from core.config import ClusterConfig
 from core.context import MethodOutput, RunContext
-from core.kmeans import kmeans, squared_distances
-
-
-def distance_scale(distances: torch.Tensor) -> torch.Tensor:
-    """The mean squared distance to the own centre: the temperature of the confidence softmax."""
-    return distances.min(1).values.mean().clamp_min(1e-12)
-
-
-def distance_confidence(distances: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Softmax over negative squared distances scaled by the mean distance to the own centre."""
-    scale = distance_scale(distances) if scale is None else scale
-    return torch.softmax(-distances / scale, dim=1).max(1).values
+from core.kmeans import distance_confidence, distance_scale, kmeans, squared_distances
 
 
 class KMeansReadout(nn.Module):
@@ -29,8 +18,12 @@ class KMeansReadout(nn.Module):
         self.register_buffer("centres", centres.detach().float().clone())  # (k, C*S*S)
         self.register_buffer("scale", scale.detach().float().clone())  # ()
 
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The pixels in [0, 1] (N, C*S*S): the run's `embeddings` for its own images."""
+        return images.flatten(1).float() / 255.0
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        distances = squared_distances(images.flatten(1).float() / 255.0, self.centres)  # (N, k)
+        distances = squared_distances(self.embed(images), self.centres)  # (N, k)
         return distances.argmin(1), distance_confidence(distances, self.scale)
 
 

@@ -79,8 +79,12 @@ class MMDCReadout(nn.Module):
         self.net, self.size, self.crop = net, size, crop
         self.register_buffer("centres", centres.detach().float().clone())  # (k, k)
 
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The unit embedding (N, k) of the centre view: the run's `embeddings` for its own images."""
+        return self.net(channels_last(augment.centre_crops(images, self.size, self.crop))).float()
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.net(channels_last(augment.centre_crops(images, self.size, self.crop))).float()  # (N, k)
+        z = self.embed(images)  # (N, k)
         with torch.autocast(z.device.type, enabled=False):  # the run's read-out is fp32, as here
             return readout(z, self.centres)
 

@@ -38,9 +38,17 @@ def test_cluster_command_trains_mmdc_with_a_progress_bar(image_folder: Path, cap
     assert "epoch 1/1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("k", [["--k", "auto"], []])
+def test_cluster_command_chooses_k_when_it_is_auto_or_omitted(image_folder: Path, capsys, k):
+    assert main(["cluster", str(image_folder), *k, "--k-max", "6", "--method", "kmeans", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "30 images -> 3 clusters" in out and "k=3 chosen by the silhouette score, the best of k = 2..6" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--k", "1"], "k=1 is out of range"), (["--k", "50"], "k=50 exceeds the 30 images")],
+    [(["--k", "1"], "k=1 is out of range"), (["--k", "50"], "k=50 exceeds the 30 images"),
+     (["--k-max", "1"], "k_max=1 is out of range")],
 )
 def test_bad_arguments_exit_non_zero_with_one_line(image_folder: Path, capsys, args, message):
     assert main(["cluster", str(image_folder), *args, "--method", "kmeans", "--quiet"]) == 2
@@ -64,6 +72,12 @@ def test_empty_or_missing_input_exits_non_zero(tmp_path: Path, capsys):
     assert main(["cluster", str(tmp_path), "--k", "3"]) == 2
     assert main(["cluster", str(tmp_path / "missing.zip"), "--k", "3"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_k_that_is_not_a_number_exits_2(image_folder: Path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["cluster", str(image_folder), "--k", "many"])
+    assert exited.value.code == 2 and "'many' is not a number of clusters" in capsys.readouterr().err
 
 
 def test_console_script_is_installed(image_folder: Path):
