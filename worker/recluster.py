@@ -66,9 +66,13 @@ def run_reclustering(
     clustered = time.perf_counter()
     source_model = blobs.model_path(settings, source.id)
     if source_model.is_file():  # jobs from before models were kept predict nothing
-        blobs.job_dir(settings, job.id).mkdir(parents=True, exist_ok=True)
-        predictor = reclustered_predictor(load_model(source_model), clustering)
-        save_model(predictor, blobs.model_path(settings, job.id))
+        try:
+            predictor = reclustered_predictor(load_model(source_model), clustering)
+        except InvalidInput as error:  # a read-out saved before read-outs could embed images
+            log.warning("re-clustering %s keeps no model: %s", job.id, error)
+        else:
+            blobs.job_dir(settings, job.id).mkdir(parents=True, exist_ok=True)
+            save_model(predictor, blobs.model_path(settings, job.id))
     modelled = time.perf_counter()
     monitor.on_progress(Progress(STAGE, 1, 1))  # raises if cancelled meanwhile
     monitor.stop()
