@@ -101,10 +101,10 @@ def upload(client: httpx.Client, archive: Path, params: dict[str, Any]) -> dict[
     return job
 
 
-def train(archive: Path, retrain: bool) -> tuple[Path, dict[str, Any]]:
+def train(archive: Path, params: dict[str, Any], retrain: bool) -> tuple[Path, dict[str, Any]]:
     """The trained SQLite job (data folder, job), made through the API once and then reused."""
-    folder = OUT / "sqlite"
-    record = OUT / "trained.json"
+    folder = OUT / params["name"] / "sqlite"
+    record = OUT / params["name"] / "trained.json"
     if record.exists() and not retrain:
         return folder, json.loads(record.read_text())
     shutil.rmtree(folder, ignore_errors=True)
@@ -112,7 +112,7 @@ def train(archive: Path, retrain: bool) -> tuple[Path, dict[str, Any]]:
     service = Service(folder.resolve(), f"sqlite:///{(folder / 'corral.db').resolve()}")
     try:
         started = time.perf_counter()
-        queued = upload(service.client, archive, TRAIN)
+        queued = upload(service.client, archive, params)
         job, _ = wait_done(service.client, queued["id"], 2.0, 7200)
         if job["state"] != "succeeded":
             raise RuntimeError(f"training failed: {job['error']}")
@@ -123,19 +123,21 @@ def train(archive: Path, retrain: bool) -> tuple[Path, dict[str, Any]]:
     return folder, job
 
 
-def postgres_copy(archive: Path, trained_dir: Path, trained: dict[str, Any], database_url: str) -> tuple[Path, str]:
+def postgres_copy(
+    archive: Path, trained_dir: Path, trained: dict[str, Any], database_url: str
+) -> tuple[Path, str]:
     """The same job on Postgres: uploaded through its API, results written by the worker's functions."""
     from store import blobs, jobs, results
     from store.db import make_engine, make_sessionmaker, transaction
     from store.models import JobState
     from store.settings import Settings
 
-    folder = OUT / "postgres"
+    folder = trained_dir.parent / "postgres"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     service = Service(folder.resolve(), database_url, worker=False)
     try:
-        queued = upload(service.client, archive, TRAIN)
+        queued = upload(service.client, archive, trained["params"] | {"name": trained["name"]})
     finally:
         service.stop()
     source = uuid.UUID(trained["id"])
@@ -219,9 +221,12 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"])
     parser.add_argument("--retrain", action="store_true", help="train the 70,000-image job again")
+    parser.add_argument("--images", type=int, default=N_IMAGES, help="the first N MNIST images (a dry run)")
+    parser.add_argument("--method", default=TRAIN["method"], help="the trained job's method (a dry run)")
     args = parser.parse_args()
-    archive = mnist_zip(N_IMAGES)
-    trained_dir, trained = train(archive, args.retrain)
+    archive = mnist_zip(args.images)
+    params = TRAIN | {"method": args.method, "name": f"mnist-{args.images}-{args.method}-1ep"}
+    trained_dir, trained = train(archive, params, args.retrain)
     print(f"trained job {trained['id']}: {trained['timings']} metrics {trained['metrics']}", flush=True)
     report: dict[str, Any] = {
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},

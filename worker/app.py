@@ -51,7 +51,9 @@ def create_celery_app(settings: Settings, *, recluster: bool = False) -> Celery:
 
 
 def _import_runner(**_: Any) -> None:
-    import worker.recluster  # noqa: F401 - torch, sklearn and core, once per child
+    from worker.recluster import warm_up  # torch, sklearn and core, once per child
+
+    warm_up()
 
 
 def settings_of(app: Celery) -> Settings:

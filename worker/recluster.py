@@ -33,6 +33,23 @@ log = logging.getLogger(__name__)
 STAGE = "recluster"
 
 
+def warm_up() -> None:
+    """Pay the first-call costs once, at the child's start: importing the read-out classes a
+    model unpickles into (core.methods, torchvision), a first torch.save/load and a first k-means
+    took 3-5 s of the first re-clustering (bench/recluster.py, a dry run)."""
+    import io
+
+    import torch
+
+    import core.methods  # noqa: F401
+
+    recluster(np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32), 2)
+    buffer = io.BytesIO()
+    torch.save({"module": torch.nn.Linear(2, 2)}, buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=False)
+
+
 def run_reclustering(
     job: Job,
     *,
