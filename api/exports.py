@@ -102,14 +102,16 @@ class _Pipe(io.RawIOBase):
 
 
 def zip_stream(
-    sessions: sessionmaker[Session], settings: Settings, job_id: uuid.UUID
+    sessions: sessionmaker[Session], settings: Settings, job_id: uuid.UUID, images_job_id: uuid.UUID
 ) -> Iterator[bytes]:
-    """A zip with one folder per cluster holding the uploaded images, built while it streams."""
+    """A zip with one folder per cluster holding the uploaded images, built while it streams.
+
+    `images_job_id`: whose folder holds the images (a re-clustering's source)."""
     pipe = _Pipe()
     with sessions() as session, zipfile.ZipFile(pipe, "w", zipfile.ZIP_STORED) as archive:
         for row in results.iter_image_files(session, job_id=job_id):
             info = zipfile.ZipInfo(member_name(row))
-            with blobs.open_image(settings, job_id, row) as src, archive.open(info, "w") as dest:
+            with blobs.open_image(settings, images_job_id, row) as src, archive.open(info, "w") as dest:
                 while chunk := src.read(CHUNK):
                     dest.write(chunk)
             yield pipe.take()

@@ -15,7 +15,7 @@ from api import errors, methods, openapi
 from api.headers import NoSniff
 from api.key_presence import KeyPresence
 from api.limits import BodySizeLimit
-from api.routes import exports, health, jobs, predict, results, ui
+from api.routes import exports, health, jobs, predict, reclusterings, results, ui
 from api.seats import Seats
 from store import blobs
 from store import jobs as job_store
@@ -60,7 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(405, methods.method_not_allowed)  # type: ignore[arg-type]
     openapi.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK)
-    routers = (health.router, jobs.router, results.router, exports.router, predict.router, ui.router)
+    routers = (
+        health.router, jobs.router, reclusterings.router, results.router, exports.router, predict.router,
+        ui.router,
+    )
     for router in routers:
         app.include_router(router)
     app.mount("/ui/static", StaticFiles(packages=[("api", "static")]), name="static")

@@ -61,6 +61,7 @@ JOB_OPERATIONS = (
     "get_embeddings",
     "export_zip",
     "predict",
+    "create_reclustering",
 )
 
 

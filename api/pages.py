@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
@@ -128,3 +129,62 @@ def confusion(rows: Sequence[results.AssignmentRow], k: int) -> Confusion | None
     for top, row in zip(tops, rows, strict=True):
         counts[index[str(top)], row.cluster] += 1
     return Confusion(classes, list(range(k)), counts.tolist())
+
+
+PLOT_WIDTH, PLOT_HEIGHT, PLOT_PAD = 480, 200, 32  # px: the k-choice plot
+
+
+@dataclass(frozen=True)
+class KScorePoint:
+    k: int
+    score: float
+    x: float
+    y: float
+    chosen: bool
+
+
+@dataclass(frozen=True)
+class KChoicePlot:
+    """The criterion against k for an auto-k job: a polyline and a point per k tried."""
+
+    criterion: str
+    k: int
+    k_max: int
+    points: list[KScorePoint]
+    line: str  # SVG polyline points
+    width: int
+    height: int
+    pad: int
+    low: float  # the score range on the y axis
+    high: float
+
+
+def k_choice_plot(selection: dict[str, Any] | None) -> KChoicePlot | None:
+    """Plot data for `Job.k_selection` (core's KChoice.to_dict()); None without one."""
+    if not selection or not isinstance(selection.get("scores"), list) or not selection["scores"]:
+        return None
+    scores = sorted((int(s["k"]), float(s["score"])) for s in selection["scores"])
+    ks = [k for k, _ in scores]
+    values = [v for _, v in scores if np.isfinite(v)] or [0.0]
+    low, high = min(values), max(values)
+    span_k, span_v = max(1, ks[-1] - ks[0]), (high - low) or 1.0
+    inner_w, inner_h = PLOT_WIDTH - 2 * PLOT_PAD, PLOT_HEIGHT - 2 * PLOT_PAD
+    chosen = int(selection.get("k", -1))
+    points = []
+    for k, value in scores:
+        shown = value if np.isfinite(value) else low
+        x = PLOT_PAD + (k - ks[0]) / span_k * inner_w if len(ks) > 1 else PLOT_WIDTH / 2
+        y = PLOT_PAD + (high - shown) / span_v * inner_h
+        points.append(KScorePoint(k, value, round(x, 1), round(y, 1), k == chosen))
+    return KChoicePlot(
+        criterion=str(selection.get("criterion", "")),
+        k=chosen,
+        k_max=int(selection.get("k_max", ks[-1])),
+        points=points,
+        line=" ".join(f"{p.x},{p.y}" for p in points),
+        width=PLOT_WIDTH,
+        height=PLOT_HEIGHT,
+        pad=PLOT_PAD,
+        low=low,
+        high=high,
+    )

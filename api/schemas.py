@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from core.config import BOUNDS, DEFAULT_METHOD, Method
 
@@ -22,7 +31,14 @@ class JobParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    k: int = _bounded("k", description="number of clusters")
+    k: Annotated[int, _bounded("k")] | Literal["auto"] | None = Field(
+        default=None,
+        description='number of clusters; omitted, null or "auto": chosen after training (up to k_max)',
+    )
+    k_max: int | None = _bounded(
+        "k_max", default=None,
+        description="largest k tried when k is chosen (default 50; capped at the image count)",
+    )
     method: Method = Field(
         default=DEFAULT_METHOD, description="imc (IMC-SwAV, the default), mmdc or kmeans (pixels)"
     )
@@ -36,9 +52,50 @@ class JobParams(BaseModel):
     batch_size: int | None = _bounded("batch_size", default=None)
     name: str | None = Field(default=None, max_length=200)
 
+    @field_validator("k", mode="wrap")
+    @classmethod
+    def _one_message_for_k(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """One error for k, not one per member of its union."""
+        try:
+            return handler(value)
+        except ValidationError:
+            low, high = BOUNDS["k"]
+            raise PydanticCustomError(
+                "k", f'must be an integer from {low} to {high}, or "auto" (or omitted)'
+            ) from None
+
+    @field_validator("k_max")
+    @classmethod
+    def _k_max_needs_auto_k(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("k", "auto") not in (None, "auto"):
+            raise PydanticCustomError("k_max", 'applies only when k is chosen: omit k (or send "auto")')
+        return value
+
+    @property
+    def k_fixed(self) -> int | None:
+        """The k asked for; None when the job chooses it."""
+        return None if self.k == "auto" else self.k
+
     def cluster_config(self) -> dict[str, Any]:
-        """The fields that go into core.config.ClusterConfig."""
-        return self.model_dump(exclude={"name"})
+        """The fields that go into core.config.ClusterConfig (k None: chosen after training)."""
+        config = self.model_dump(exclude={"name", "k_max"}) | {"k": self.k_fixed}
+        if self.k_max is not None:  # else core's default; old rows never carry the key
+            config["k_max"] = self.k_max
+        return config
+
+
+class ReclusterParams(BaseModel):
+    """The body of POST /jobs/{id}/reclusterings."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    k: int = _bounded("k", description="number of clusters; at most the images the job clustered")
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _integral_number(cls, value: Any) -> Any:
+        """JSON Schema's integer: 15.0 is one too (a JSON body may carry it)."""
+        return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class Problem(BaseModel):
@@ -100,10 +157,43 @@ class Metrics(BaseModel):
     ari: float | None = None
 
 
+class KScore(BaseModel):
+    k: int
+    score: float = Field(description="the criterion's value at this k")
+
+
+class KSelection(BaseModel):
+    """How a job with k omitted chose it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    k: int = Field(description="the k chosen")
+    criterion: str = Field(description="what was maximised over the ks tried")
+    k_max: int = Field(description="the largest k tried")
+    scores: list[KScore] = Field(description="the criterion for every k tried, ascending k")
+
+
+JobStateName = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+
+
+class ReclusteringRef(BaseModel):
+    id: uuid.UUID
+    k: int
+    state: JobStateName
+    created_at: datetime
+
+
 class JobOut(BaseModel):
     id: uuid.UUID
     name: str | None
-    state: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+    state: JobStateName
+    k: int | None = Field(
+        description="clusters of the result: as asked, or as chosen (null until an auto-k job succeeds)"
+    )
+    k_selection: KSelection | None = Field(description="how k was chosen, when it was omitted")
+    source_job_id: uuid.UUID | None = Field(
+        description="set on a re-clustering: the job whose images and representation it clusters again"
+    )
     params: dict[str, Any]
     progress: ProgressOut
     counts: Counts
@@ -117,6 +207,12 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class JobDetail(JobOut):
+    """GET /jobs/{id}: a job with the re-clusterings made from it."""
+
+    reclusterings: list[ReclusteringRef] = Field(description="oldest first")
 
 
 class JobPage(BaseModel):
@@ -188,6 +284,12 @@ def job_out(job: Any) -> JobOut:
     return JobOut.model_validate(job_view(job))
 
 
+def job_detail(job: Any, reclusterings: list[Any]) -> JobDetail:
+    """GET /jobs/{id}'s view: the job and the re-clusterings made from it."""
+    refs = [{"id": r.id, "k": r.k, "state": r.state, "created_at": r.created_at} for r in reclusterings]
+    return JobDetail.model_validate(job_view(job) | {"reclusterings": refs})
+
+
 def job_view(job: Any) -> dict[str, Any]:
     """`job_out` as plain data: one validation of it builds the nested models in pydantic-core,
     about twice as fast as a constructor call per model (a page of 50 jobs builds 300)."""
@@ -204,6 +306,9 @@ def job_view(job: Any) -> dict[str, Any]:
         "id": job.id,
         "name": job.name,
         "state": job.state,
+        "k": job.k,
+        "k_selection": job.k_selection,
+        "source_job_id": job.source_job_id,
         "params": job.params,
         "progress": {
             "stage": job.stage,

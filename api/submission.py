@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import ProblemError
 from api.intake import IntakeLimits, IntakeResult, extract_images, save_upload
 from api.schemas import JobParams
+from core.config import BOUNDS
 from store import blobs, jobs, queue
 from store.models import Job
 from store.settings import Settings
@@ -74,14 +75,15 @@ async def submit_job(
         )
         upload.unlink(missing_ok=True)
         skipped = [{"path": s.path, "reason": s.reason} for s in result.skipped]
-        if len(result.images) < submission.params.k:
-            raise _too_few(submission.params.k, len(result.images), skipped)
+        needed = submission.params.k_fixed or BOUNDS["k"][0]  # a chosen k is at least the lowest
+        if len(result.images) < needed:
+            raise _too_few(submission.params.k_fixed, needed, len(result.images), skipped)
         # 70,000 rows take about half a second to write: off the event loop, like the intake
         job = await run_in_threadpool(
             _record, sessions, submission, job_id, result, skipped, request_hash
         )
         committed = True
-        _enqueue(celery, settings, sessions, job)
+        enqueue(celery, settings, sessions, job)
         return job, True
     except BaseException:
         if not committed:
@@ -138,13 +140,14 @@ def _earlier(
     return earlier
 
 
-def _too_few(k: int, n_images: int, skipped: list[dict[str, str]]) -> ProblemError:
+def _too_few(k: int | None, needed: int, n_images: int, skipped: list[dict[str, str]]) -> ProblemError:
     reasons = dict(Counter(entry["reason"] for entry in skipped))
+    wanted = f"k={k} clusters" if k is not None else "choosing k"
     return ProblemError(
         422,
         "too_few_images",
         "Too few readable images",
-        f"the archive has {n_images} readable image(s) but k={k} clusters need at least {k}",
+        f"the archive has {n_images} readable image(s) but {wanted} needs at least {needed}",
         images=n_images,
         skipped=len(skipped),
         skipped_by_reason=reasons,
@@ -152,10 +155,10 @@ def _too_few(k: int, n_images: int, skipped: list[dict[str, str]]) -> ProblemErr
     )
 
 
-def _enqueue(celery: Celery, settings: Settings, sessions: sessionmaker[Session], job: Job) -> None:
+def enqueue(celery: Celery, settings: Settings, sessions: sessionmaker[Session], job: Job) -> None:
     """Enqueue after commit; if the broker is down, undo the job so the client can retry."""
     try:
-        queue.enqueue_job(celery, settings, job.id)
+        queue.enqueue_job(celery, settings, job.id, recluster=job.source_job_id is not None)
     except Exception as error:
         log.warning("broker unavailable, job %s withdrawn: %s", job.id, error)
         with sessions() as session, session.begin():

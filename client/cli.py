@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from core.cli import ProgressBar, add_time_argument
-from core.config import METHOD_NAMES
+from core.config import BOUNDS, METHOD_NAMES
 from core.result import Progress
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -31,16 +31,25 @@ class ServerError(Exception):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add submit, jobs, status and results to `corral`'s parser."""
+    """Add submit, recluster, jobs, status and results to `corral`'s parser."""
     submit = _command(subparsers, "submit", "upload an archive to a server and queue a job", cmd_submit)
     submit.add_argument("archive", type=Path, help="zip, tar or tar.gz of images")
-    submit.add_argument("--k", type=int, required=True, help="number of clusters")
+    submit.add_argument("--k", type=k_argument, default=None,
+                        help='number of clusters; omitted or "auto": chosen after training')
+    submit.add_argument("--k-max", type=int, default=None, dest="k_max",
+                        help="largest k tried when k is chosen (default 50)")
     submit.add_argument("--method", choices=METHOD_NAMES, default=None)
     submit.add_argument("--epochs", type=int, default=None)
     add_time_argument(submit)
     submit.add_argument("--seed", type=int, default=None)
     submit.add_argument("--name", default=None)
     submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
+
+    again = _command(subparsers, "recluster", "cluster a finished job again at another k, without training",
+                     cmd_recluster)
+    again.add_argument("job_id")
+    again.add_argument("--k", type=k_argument, required=True, help="number of clusters")
+    again.add_argument("--wait", action="store_true", help="wait until it ends, then show the cluster sizes")
 
     jobs = _command(subparsers, "jobs", "list jobs on a server, newest first", cmd_jobs)
     jobs.add_argument("--limit", type=int, default=20)
@@ -99,8 +108,39 @@ def problem_detail(response: httpx.Response) -> str:
     return f"{response.status_code}: {' '.join(text.split())}"
 
 
+def k_argument(text: str) -> int | str:
+    """--k: an integer in core's bounds, or "auto"."""
+    if text == "auto":
+        return text
+    low, high = BOUNDS["k"]
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f'expected an integer from {low} to {high} or "auto", got {text!r}')
+    return value
+
+
+def recluster(client: httpx.Client, job_id: str, k: int, *, idempotency_key: str | None = None) -> dict[str, Any]:
+    """Queue a re-clustering of a succeeded job at `k`; the new job (state queued)."""
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    body: dict[str, Any] = call(client, "POST", f"/jobs/{job_id}/reclusterings", json={"k": k}, headers=headers).json()
+    return body
+
+
+def cmd_recluster(client: httpx.Client, args: argparse.Namespace) -> int:
+    if args.k == "auto":
+        raise ServerError("a re-clustering needs a number for --k")
+    job = recluster(client, args.job_id, args.k)
+    print(job["id"])
+    if not args.wait:
+        return 0
+    return report(client, wait(client, job["id"]))
+
+
 def cmd_submit(client: httpx.Client, args: argparse.Namespace) -> int:
-    params = {key: value for key in ("k", "method", "epochs", "seed", "name")
+    params = {key: value for key in ("k", "k_max", "method", "epochs", "seed", "name")
               if (value := getattr(args, key)) is not None}
     if args.time is not None:
         params["time_budget_s"] = args.time
@@ -146,7 +186,9 @@ def report(client: httpx.Client, job: dict[str, Any]) -> int:
         print(f"corral: job {job['id']} {job['state']}: {error.get('detail', '')}".rstrip(": "), file=sys.stderr)
         return 1
     clusters = call(client, "GET", f"/jobs/{job['id']}/clusters").json()["clusters"]
-    print(f"{job['counts']['clustered']} images -> {len(clusters)} clusters")
+    chosen = job.get("k_selection")
+    how = f" (k chosen by {chosen['criterion']} from 2..{chosen['k_max']})" if chosen else ""
+    print(f"{job['counts']['clustered']} images -> {len(clusters)} clusters{how}")
     for cluster in clusters:
         print(f"  cluster {cluster['id']:>3}: {cluster['size']:>6} images, "
               f"mean confidence {cluster['mean_confidence']:.3f}")
@@ -162,7 +204,7 @@ def cmd_jobs(client: httpx.Client, args: argparse.Namespace) -> int:
     for job in page["items"]:
         percent = job["progress"]["percent"]
         print(f"{job['id']:36}  {job['state']:10} {'' if percent is None else f'{percent:.0f}%':>8} "
-              f"{job['params']['k']:>4} {job['params']['method']:7} {job['counts']['images']:>7}  "
+              f"{_k(job):>4} {job['params']['method']:7} {job['counts']['images']:>7}  "
               f"{job['created_at'][:19].replace('T', ' ')}")
     return 0
 
@@ -171,7 +213,11 @@ def cmd_status(client: httpx.Client, args: argparse.Namespace) -> int:
     job = call(client, "GET", f"/jobs/{args.job_id}").json()
     progress = job["progress"]
     print(f"job {job['id']} ({job['name'] or 'unnamed'}): {job['state']}")
-    print(f"  k={job['params']['k']} method={job['params']['method']} images={job['counts']['images']}")
+    print(f"  k={_k(job)} method={job['params']['method']} images={job['counts']['images']}")
+    if job.get("source_job_id"):
+        print(f"  re-clustering of {job['source_job_id']}")
+    for again in job.get("reclusterings") or []:
+        print(f"  re-clustered at k={again['k']}: {again['id']} ({again['state']})")
     if progress["epochs"]:
         print(f"  {progress['stage']} epoch {progress['epoch']}/{progress['epochs']}"
               + (f" loss {progress['loss']:.4f}" if progress["loss"] is not None else ""))
@@ -180,6 +226,10 @@ def cmd_status(client: httpx.Client, args: argparse.Namespace) -> int:
     if job["error"]:
         print(f"  error: {job['error']['detail']}")
     return 0
+
+
+def _k(job: dict[str, Any]) -> str:
+    return "auto" if job.get("k") is None else str(job["k"])
 
 
 def cmd_results(client: httpx.Client, args: argparse.Namespace) -> int:

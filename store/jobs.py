@@ -54,6 +54,7 @@ def create_job(
         owner_id=owner_id,
         state=JobState.QUEUED,
         params=params,
+        k=params.get("k"),  # None: chosen after training
         archive_format=archive_format,
         archive_entries=archive_entries,
         n_images=len(images),
@@ -66,6 +67,48 @@ def create_job(
     session.flush()
     _insert_images(session.connection(), job_id, images)
     return job
+
+
+def create_reclustering(
+    session: Session,
+    *,
+    source: Job,
+    k: int,
+    owner_id: uuid.UUID | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Job:
+    """A queued job that clusters `source`'s images again at `k` from its saved representation.
+
+    It shares the source's image rows (no copy): its upload counts are the source's. A source
+    that is itself a re-clustering hands over its own source, the job that trained.
+    """
+    root = source.images_job_id
+    params = {key: value for key, value in source.params.items() if key != "k_max"} | {"k": k}
+    job = Job(
+        name=source.name,
+        owner_id=owner_id,
+        state=JobState.QUEUED,
+        params=params,
+        k=k,
+        source_job_id=root,
+        archive_format=source.archive_format,
+        archive_entries=source.archive_entries,
+        n_images=source.n_images,
+        n_skipped=source.n_skipped,
+        skipped=list(source.skipped),
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def list_reclusterings(session: Session, *, job_id: uuid.UUID) -> list[Job]:
+    """The re-clusterings made from a job, oldest first."""
+    query = select(Job).where(Job.source_job_id == job_id).order_by(Job.created_at, Job.id)
+    return list(session.scalars(query))
 
 
 IMAGE_COLUMNS = (
@@ -161,18 +204,26 @@ def request_cancel(session: Session, *, job: Job) -> bool:
     return job.state == JobState.CANCELLING
 
 
-def delete_job(session: Session, *, job: Job) -> bool:
-    """Delete a job that is not running (images, assignments, clusters cascade in the database).
+RUNNING_STATES = (JobState.RUNNING, JobState.CANCELLING)
 
-    False when it started running meanwhile. The caller removes the files.
+
+def delete_job(session: Session, *, job: Job) -> list[uuid.UUID] | None:
+    """Delete a job that is not running, nor any re-clustering of it (images, assignments,
+    clusters and re-clusterings cascade in the database).
+
+    Returns the ids deleted (the job's, then its re-clusterings'), whose folders the caller
+    removes; None when one of them started running meanwhile.
     """
+    children = select(Job.id).where(Job.source_job_id == job.id)
+    running_child = select(Job.id).where(Job.source_job_id == job.id, Job.state.in_(RUNNING_STATES))
+    deleted = [job.id, *session.scalars(children)]
     result = session.execute(
         delete(Job)
-        .where(Job.id == job.id, Job.state.not_in((JobState.RUNNING, JobState.CANCELLING)))
+        .where(Job.id == job.id, Job.state.not_in(RUNNING_STATES), ~running_child.exists())
         .execution_options(synchronize_session=False)
     )
     session.expunge(job)
-    return _rowcount(result) == 1
+    return deleted if _rowcount(result) == 1 else None
 
 
 def claim_job(session: Session, *, job: Job, worker_id: str, now: datetime | None = None) -> bool:

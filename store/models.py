@@ -111,7 +111,17 @@ class Job(Base):
     )
     name: Mapped[str | None] = mapped_column(String(200))
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
-    params: Mapped[dict[str, Any]]  # ClusterConfig.to_dict()
+    params: Mapped[dict[str, Any]]  # ClusterConfig.to_dict(); k None: chosen after training
+    # The number of clusters of the result: params' k when given, else the chosen one once the
+    # job succeeded (None until then).
+    k: Mapped[int | None]
+    # How an auto-k job chose k: core's KChoice.to_dict() (k, criterion, k_max, scores per k).
+    k_selection: Mapped[dict[str, Any] | None]
+    # Set on a re-clustering: the trained job whose images, embeddings and model it re-uses (it
+    # has no images or training of its own). Deleting that job deletes its re-clusterings.
+    source_job_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
     # Upload.
     archive_format: Mapped[str] = mapped_column(String(16))
     archive_entries: Mapped[int] = mapped_column(default=0)
@@ -146,6 +156,11 @@ class Job(Base):
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True
     )
 
+    @property
+    def images_job_id(self) -> uuid.UUID:
+        """The job whose folder holds this job's images and embeddings (its source, if any)."""
+        return self.source_job_id or self.id
+
 
 class Image(Base):
     """One accepted image of a job, stored under a generated blob name."""
@@ -170,7 +185,11 @@ class Image(Base):
 
 
 class Assignment(Base):
-    """The cluster of one image; written in one bulk write when a job succeeds."""
+    """The cluster of one image in one job; written in one bulk write when a job succeeds.
+
+    An image has one row per job that clustered it: its own and each re-clustering of it. The
+    key leads with image_id, so deleting an image's row finds its assignments by the key.
+    """
 
     __tablename__ = "assignments"
     __table_args__ = (
@@ -181,7 +200,9 @@ class Assignment(Base):
     image_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
     )
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
     seq: Mapped[int]  # copy of images.seq so pages need no join
     cluster: Mapped[int]
     confidence: Mapped[float] = mapped_column(Float)

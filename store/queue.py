@@ -18,6 +18,11 @@ from kombu.utils.url import maybe_sanitize_url
 from store.settings import Settings
 
 RUN_JOB = "corral.run_job"
+# A re-clustering runs in seconds: its own task on its own queue, so that it never waits behind
+# hours of training on a prefetch-1 worker (`corral worker` consumes both queues, each in its
+# own process). The task body is the same; the worker branches on the job row.
+RECLUSTER_JOB = "corral.recluster_job"
+TASKS = (RUN_JOB, RECLUSTER_JOB)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -57,9 +62,12 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def enqueue_job(celery: Celery, settings: Settings, job_id: uuid.UUID) -> None:
-    """Send the run message; call only after the job's row is committed."""
-    celery.send_task(RUN_JOB, args=[str(job_id)], queue=settings.queue_name)
+def enqueue_job(celery: Celery, settings: Settings, job_id: uuid.UUID, *, recluster: bool = False) -> None:
+    """Send the run message (a re-clustering's to its own queue); only after the row is committed."""
+    if recluster:
+        celery.send_task(RECLUSTER_JOB, args=[str(job_id)], queue=settings.recluster_queue_name)
+    else:
+        celery.send_task(RUN_JOB, args=[str(job_id)], queue=settings.queue_name)
 
 
 def broker_reachable(settings: Settings, *, timeout_s: float = 2.0) -> bool:
@@ -107,7 +115,12 @@ def _redis_pending(settings: Settings) -> set[uuid.UUID]:
     try:
         payloads: list[bytes] = []
         # kombu keeps one list per priority step: `queue`, `queue\x06\x163`, ...
-        for key in client.scan_iter(match=f"{settings.queue_name}*", count=1000):
+        keys = {
+            key
+            for name in (settings.queue_name, settings.recluster_queue_name)
+            for key in client.scan_iter(match=f"{name}*", count=1000)
+        }
+        for key in keys:
             if client.type(key) == b"list":
                 payloads.extend(item for item in client.lrange(key, 0, -1) if isinstance(item, bytes))
         # Delivered, not yet acked (late acks): values are [message, exchange, routing_key].
@@ -134,7 +147,7 @@ def _job_id_of(raw: bytes) -> uuid.UUID | None:
     """The job id of one kombu message (task protocol 2: body = [args, kwargs, embed])."""
     try:
         message = json.loads(raw)
-        if message.get("headers", {}).get("task") != RUN_JOB:
+        if message.get("headers", {}).get("task") not in TASKS:
             return None
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":

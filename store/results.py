@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, insert, or_, select
 from sqlalchemy.orm import Session
@@ -24,11 +24,29 @@ class AssignmentRow:
     confidence: float
 
 
+class Clustered(Protocol):
+    """What the write needs of an image (an `images` row and `ClusteredImage` fit)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def path(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ClusteredImage:
+    id: uuid.UUID
+    seq: int
+    path: str
+
+
 def write_results(
     session: Session,
     *,
     job_id: uuid.UUID,
-    images: Sequence[Image],
+    images: Sequence[Clustered],
     labels: Sequence[int],
     confidences: Sequence[float],
     k: int,
@@ -44,9 +62,32 @@ def write_results(
     if connection.dialect.name == "postgresql":
         _copy_assignments(connection.connection.driver_connection, rows)
     elif rows:
-        keys = ("image_id", "job_id", "seq", "cluster", "confidence")
-        session.execute(insert(Assignment), [dict(zip(keys, row, strict=True)) for row in rows])
+        # Plain executemany with the ORM's UUID binding: 70,000 rows in 1.0-1.2 s where
+        # insert(Assignment) with a list of dicts took 2.2 s (same run, a loaded 2-core machine).
+        uuid_in = Assignment.__table__.c.image_id.type.bind_processor(connection.dialect) or _same
+        job = uuid_in(job_id)
+        connection.exec_driver_sql(
+            "INSERT INTO assignments (image_id, job_id, seq, cluster, confidence) VALUES (?, ?, ?, ?, ?)",
+            [(uuid_in(image_id), job, seq, label, conf) for image_id, _, seq, label, conf in rows],
+        )
     session.execute(insert(Cluster), _summaries(job_id, images, rows, k))
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def clustered_images(session: Session, *, job_id: uuid.UUID) -> list[ClusteredImage]:
+    """The images a succeeded job assigned, in upload (`seq`) order: the rows of its
+    embeddings.npy. A re-clustering clusters exactly these again. Plain rows, not ORM objects:
+    70,000 in 1.3-1.6 s where Image objects took 2.0-2.8 s (same run, a loaded machine)."""
+    query = (
+        select(Assignment.image_id, Assignment.seq, Image.path)
+        .join(Image, Image.id == Assignment.image_id)
+        .where(Assignment.job_id == job_id)
+        .order_by(Assignment.seq)
+    )
+    return [ClusteredImage(*row) for row in session.execute(query)]
 
 
 def _copy_assignments(driver_connection: Any, rows: list[tuple[Any, ...]]) -> None:
@@ -57,7 +98,7 @@ def _copy_assignments(driver_connection: Any, rows: list[tuple[Any, ...]]) -> No
 
 
 def _summaries(
-    job_id: uuid.UUID, images: Sequence[Image], rows: list[tuple[Any, ...]], k: int
+    job_id: uuid.UUID, images: Sequence[Clustered], rows: list[tuple[Any, ...]], k: int
 ) -> list[dict[str, Any]]:
     members: list[list[tuple[float, int]]] = [[] for _ in range(k)]  # (confidence, index)
     for index, (_, _, _, label, conf) in enumerate(rows):

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     # a saturated service says so at once instead of queueing every client for SQLAlchemy's 30 s.
     database_wait_s: Annotated[float, Field(gt=0)] = 2.0
     queue_name: str = "corral"
+    recluster_queue_name: str = "corral-recluster"  # re-clusterings: seconds each, never behind training
 
     # Upload intake (see api/intake.py).
     max_upload_bytes: Annotated[int, Field(ge=1)] = 2 * 1024**3

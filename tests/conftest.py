@@ -41,14 +41,15 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 
 @contextmanager
-def fresh_pg_database() -> Iterator[str]:
-    """A fresh database on the real Postgres, upgraded by the Alembic migrations; dropped after."""
+def fresh_pg_database(revision: str = "head") -> Iterator[str]:
+    """A fresh database on the real Postgres, upgraded by the Alembic migrations (to `revision`);
+    dropped after."""
     name = f"corral_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     try:
-        migrations.upgrade(Settings(database_url=url, data_dir=Path("/tmp/corral-unused")))
+        migrations.upgrade(Settings(database_url=url, data_dir=Path("/tmp/corral-unused")), revision)
         yield url
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:

@@ -35,7 +35,7 @@ def worker_lost_error(attempts: int) -> dict[str, object]:
 def reap(sessions: sessionmaker[Session], settings: Settings, celery: Celery) -> list[uuid.UUID]:
     """One pass; returns the ids of the jobs requeued."""
     cutoff = utcnow() - timedelta(seconds=settings.stale_after_s)
-    requeued = []
+    requeued: list[tuple[uuid.UUID, bool]] = []  # (job id, is a re-clustering)
     with transaction(sessions) as session:
         for job in jobs.stale_jobs(session, heartbeat_before=cutoff):
             if job.state == JobState.CANCELLING:
@@ -60,12 +60,12 @@ def reap(sessions: sessionmaker[Session], settings: Settings, celery: Celery) ->
                     session, job=job, heartbeat_before=cutoff, state=JobState.QUEUED, worker_id=None
                 )
                 if done:
-                    requeued.append(job.id)
+                    requeued.append((job.id, job.source_job_id is not None))
             if done:
                 log.warning("reaped job %s (was %s, attempts %d)", job.id, job.state, job.attempts)
-    for job_id in requeued:  # after commit, so the message never outruns the row
-        queue.enqueue_job(celery, settings, job_id)
-    return requeued
+    for job_id, recluster in requeued:  # after commit, so the message never outruns the row
+        queue.enqueue_job(celery, settings, job_id, recluster=recluster)
+    return [job_id for job_id, _ in requeued]
 
 
 def resend_lost(
@@ -74,17 +74,17 @@ def resend_lost(
     """One pass; returns the ids of the queued jobs whose message was sent again."""
     pending = queue.pending_job_ids(settings)  # before the rows: a job claimed meanwhile is safe
     cutoff = utcnow() - timedelta(seconds=settings.resend_queued_after_s)
-    resent = []
+    resent: list[tuple[uuid.UUID, bool]] = []  # (job id, is a re-clustering)
     with transaction(sessions) as session:
         for job in jobs.waiting_jobs(session, updated_before=cutoff):
             if pending is not None and job.id in pending:
                 continue
             if jobs.touch_queued(session, job=job, updated_before=cutoff):
-                resent.append(job.id)
-    for job_id in resent:  # after commit, as in reap()
+                resent.append((job.id, job.source_job_id is not None))
+    for job_id, recluster in resent:  # after commit, as in reap()
         log.warning("job %s queued without a broker message; sending it again", job_id)
-        queue.enqueue_job(celery, settings, job_id)
-    return resent
+        queue.enqueue_job(celery, settings, job_id, recluster=recluster)
+    return [job_id for job_id, _ in resent]
 
 
 @functools.cache

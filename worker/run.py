@@ -157,6 +157,10 @@ def _run(
     worker_id: str,
     monitor: Monitor,
 ) -> str:
+    if job.source_job_id is not None:
+        from worker.recluster import run_reclustering  # it imports this module's helpers
+
+        return run_reclustering(job, settings=settings, sessions=sessions, worker_id=worker_id, monitor=monitor)
     started = time.perf_counter()
     config = ClusterConfig.from_dict(job.params)
     with sessions() as session:
@@ -174,6 +178,7 @@ def _run(
     )
     monitor.stop()
     _save_outputs(result, kept, settings, job.id)
+    k = len(result.centres)  # the chosen k when config.k was None
     with transaction(sessions) as session:
         write_started = time.perf_counter()
         results.write_results(
@@ -182,7 +187,7 @@ def _run(
             images=kept,
             labels=result.labels.tolist(),
             confidences=result.confidences.tolist(),
-            k=config.k,
+            k=k,
         )
         timings = {
             "decode": decoded - started,
@@ -196,6 +201,8 @@ def _run(
             worker_id=worker_id,
             state=JobState.SUCCEEDED,
             n_clustered=len(kept),
+            k=k,
+            k_selection=None if result.k_choice is None else result.k_choice.to_dict(),
             metrics=result.metrics,
             device=result.device,
             timings={key: round(float(value), 4) for key, value in timings.items()},

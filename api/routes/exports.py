@@ -28,7 +28,8 @@ router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 )
 def get_embeddings(job: JobDep, settings: SettingsDep) -> FileResponse:
     """float32 (N, d) NumPy array; row i is the i-th assignment in upload order."""
-    path = require_artifact(job, blobs.embeddings_path(settings, job.id), "embeddings_not_found", "No embeddings",
+    embeddings = blobs.embeddings_path(settings, job.images_job_id)  # a re-clustering's: its source's
+    path = require_artifact(job, embeddings, "embeddings_not_found", "No embeddings",
                             f"job {job.id} finished before embeddings were kept; run it again to get them")
     return FileResponse(
         path, media_type="application/octet-stream", filename=f"{job.id}-embeddings.npy"
@@ -43,7 +44,7 @@ def get_embeddings(job: JobDep, settings: SettingsDep) -> FileResponse:
 def export_zip(request: Request, job: JobDep, settings: SettingsDep) -> StreamingResponse:
     """Every image in a folder per cluster (`cluster-003/000042-name.png`), streamed."""
     require_results(job)
-    stream = exports.zip_stream(request.app.state.sessions, settings, job.id)
+    stream = exports.zip_stream(request.app.state.sessions, settings, job.id, job.images_job_id)
     headers = {"Content-Disposition": f'attachment; filename="{job.id}-clusters.zip"'}
     return StreamingResponse(stream, media_type="application/zip", headers=headers)
 
@@ -67,7 +68,7 @@ def get_thumbnail(
         raise ProblemError(
             404, "image_not_found", "Image not found", f"job {job.id} has no image {image_id}"
         )
-    path = thumbnails.thumbnail_path(settings, job.id, row)
+    path = thumbnails.thumbnail_path(settings, job.images_job_id, row)  # a source's images, a source's cache
     return FileResponse(
         path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
     )

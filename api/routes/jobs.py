@@ -18,13 +18,15 @@ from api.deps import (
     CallerLookup,
     CallerLookupDep,
     JobDep,
+    JobLookup,
+    JobLookupDep,
     SessionDep,
     SettingsDep,
     close_session,
 )
 from api.errors import ProblemError, params_problem
 from api.openapi import BAD_CURSOR, BAD_MULTIPART, CURSOR, job_links, json_part, problems
-from api.schemas import JobOut, JobPage, JobParams, job_out, job_view
+from api.schemas import JobDetail, JobOut, JobPage, JobParams, job_detail, job_out, job_view
 from api.submission import Submission, submit_job
 from store import blobs, jobs
 from store.models import Job, JobState
@@ -154,12 +156,20 @@ def _page(
 
 @router.get(
     "/{job_id}",
-    response_model=JobOut,
+    response_model=JobDetail,
     responses={200: {"links": job_links("$request.path.job_id")}, **problems(401, 404, 503)},
 )
-async def get_job(job: JobDep) -> JobOut:  # async: no I/O left, so no thread hop
-    """State, progress, counts, params, timings, metrics and error of one job."""
-    return job_out(job)
+async def get_job(find_job: JobLookupDep, session: SessionDep) -> JobDetail:
+    """State, progress, counts, params, timings, metrics and error of one job; how k was chosen
+    when it was omitted; the re-clusterings made from it, or the job a re-clustering came from."""
+    # async, all its reads in one thread-pool call: each hop costs more under load than a query
+    job, reclusterings = await run_in_threadpool(_with_reclusterings, find_job, session)
+    return job_detail(job, reclusterings)
+
+
+def _with_reclusterings(find_job: JobLookup, session: Session) -> tuple[Job, list[Job]]:
+    job = find_job()
+    return job, jobs.list_reclusterings(session, job_id=job.id)
 
 
 @router.post(
@@ -189,12 +199,14 @@ def cancel_job(job: JobDep, session: SessionDep) -> JobOut:
     "/{job_id}",
     status_code=204,
     responses={
-        204: {"description": "Deleted: the job, its results and its files"},
-        **problems(401, 404, 409, 503, notes={409: "it is running; cancel it first (job_running)"}),
+        204: {"description": "Deleted: the job, its results, its re-clusterings and its files"},
+        **problems(401, 404, 409, 503, notes={
+            409: "it, or a re-clustering of it, is running; cancel that first (job_running)"}),
     },
 )
 def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Response:
-    """Remove a job, its rows and its files; a running job must be cancelled first."""
+    """Remove a job, its rows, its re-clusterings and its files; a running job (or one with a
+    running re-clustering) must be cancelled first. A re-clustering's source is untouched."""
     if job.state in (JobState.RUNNING, JobState.CANCELLING):
         raise ProblemError(
             409,
@@ -204,13 +216,15 @@ def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Respo
             state=job.state,
         )
     job_id = job.id
-    if not jobs.delete_job(session, job=job):
+    deleted = jobs.delete_job(session, job=job)
+    if deleted is None:
         raise ProblemError(
             409,
             "job_running",
             "Job is running",
-            f"job {job_id} started running; cancel it and wait until it stops",
+            f"job {job_id} or a re-clustering of it is running; cancel it and wait until it stops",
         )
     session.commit()
-    blobs.delete_job_files(settings, job_id)
+    for gone in deleted:
+        blobs.delete_job_files(settings, gone)
     return Response(status_code=204)

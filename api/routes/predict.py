@@ -40,6 +40,6 @@ async def predict(
     found = await predict_uploads(model, images, settings, request.app.state.predict_slots)
     return PredictOut(
         job_id=job.id,
-        k=int(job.params["k"]),
+        k=int(job.k or job.params["k"]),
         predictions=[PredictionOut(**asdict(p)) for p in found],
     )

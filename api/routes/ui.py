@@ -16,7 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from api import pages
 from api.deps import CallerDep, JobDep, SessionDep, SettingsDep
 from api.schemas import job_out
-from core.config import METHOD_NAMES
+from core.config import BOUNDS, METHOD_NAMES
 from store import blobs, jobs, keys, results
 from store.models import JobState
 
@@ -62,20 +62,29 @@ def key_submit(session: SessionDep, key: Annotated[str, Form()]) -> HTMLResponse
 def jobs_page(session: SessionDep, caller: CallerDep) -> HTMLResponse:
     """The newest jobs and the upload form."""
     rows = jobs.list_jobs(session, limit=100, before=None, owner_id=caller.key_id)
-    return render("jobs.html", jobs=[job_out(job) for job in rows], methods=METHOD_NAMES)
+    return render("jobs.html", jobs=[job_out(job) for job in rows], methods=METHOD_NAMES, bounds=BOUNDS)
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job: JobDep, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     """Live progress; once succeeded, clusters with thumbnails, the embedding map and metrics."""
-    context: dict[str, Any] = {"job": job_out(job), "clusters": [], "points": [], "confusion": None}
+    context: dict[str, Any] = {
+        "job": job_out(job),
+        "clusters": [],
+        "points": [],
+        "confusion": None,
+        "k_plot": pages.k_choice_plot(job.k_selection),
+        "reclusterings": jobs.list_reclusterings(session, job_id=job.id),
+        "k_low": BOUNDS["k"][0],
+        "k_high": min(BOUNDS["k"][1], job.n_clustered or 0),
+    }
     if job.state == JobState.SUCCEEDED:
-        k = int(job.params["k"])
+        k = int(job.k or job.params["k"])
         rows = list(results.iter_assignments(session, job_id=job.id))
         labels = np.array([row.cluster for row in rows], dtype=np.int64)
         context |= {
             "clusters": pages.cluster_views(rows, k),
-            "points": pages.embedding_map(blobs.embeddings_path(settings, job.id), labels),
+            "points": pages.embedding_map(blobs.embeddings_path(settings, job.images_job_id), labels),
             "confusion": pages.confusion(rows, k) if job.metrics else None,
             "side": pages.MAP_SIDE,
         }

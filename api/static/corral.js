@@ -35,7 +35,9 @@ function setupUpload(form) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     errorBox.hidden = true;
-    const params = { k: Number(form.k.value), method: form.method.value };
+    const params = { method: form.method.value };
+    if (form.k.value) params.k = Number(form.k.value); // empty: chosen after training
+    else if (form.k_max.value) params.k_max = Number(form.k_max.value);
     if (form.epochs.value) params.epochs = Number(form.epochs.value);
     if (form.time_budget_s.value) params.time_budget_s = Number(form.time_budget_s.value);
     if (form.name.value) params.name = form.name.value;
@@ -56,6 +58,29 @@ function setupUpload(form) {
       window.location.assign(`/ui/jobs/${body.id}`);
     } catch (error) {
       status.textContent = "";
+      showProblem(errorBox, [`The server could not be reached: ${error}`]);
+    } finally {
+      form.querySelector("button").disabled = false;
+    }
+  });
+}
+
+function setupRecluster(form) {
+  const errorBox = document.getElementById("recluster-error");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    errorBox.hidden = true;
+    form.querySelector("button").disabled = true;
+    try {
+      const response = await fetch(`/jobs/${form.dataset.job}/reclusterings`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ k: Number(form.k.value) }),
+      });
+      const body = await response.json().catch(() => null);
+      if (!response.ok) return showProblem(errorBox, problemText(response.status, body));
+      window.location.assign(`/ui/jobs/${body.id}`);
+    } catch (error) {
       showProblem(errorBox, [`The server could not be reached: ${error}`]);
     } finally {
       form.querySelector("button").disabled = false;
@@ -133,6 +158,8 @@ document.addEventListener("DOMContentLoaded", () => {
   if (form) setupUpload(form);
   const jobs = document.getElementById("jobs");
   if (jobs) setupJobsTable(jobs);
+  const recluster = document.getElementById("recluster");
+  if (recluster) setupRecluster(recluster);
   const progress = document.getElementById("progress");
   if (progress) setupJob(progress);
 });

@@ -69,7 +69,9 @@ def test_a_time_budget_is_recorded_and_progress_has_room_for_its_plan(submit: Su
 @pytest.mark.parametrize(
     ("params", "field"),
     [
-        ({"method": "kmeans"}, "params.k"),
+        ({"k": "some", "method": "kmeans"}, "params.k"),  # omitted, null or "auto": chosen
+        ({"k": 3, "k_max": 8}, "params.k_max"),  # k_max only when k is chosen
+        ({"k_max": 1001}, "params.k_max"),
         ({"k": 1}, "params.k"),
         ({"k": 1001}, "params.k"),
         ({"k": 3, "method": "dbscan"}, "params.method"),

@@ -69,5 +69,6 @@ def test_openapi_params_part_is_the_job_params_object_sent_as_json(document: dic
     body = operations(document)["create_job"]["requestBody"]["content"]["multipart/form-data"]
     assert body["encoding"] == {"params": {"contentType": "application/json"}}
     params = document["components"]["schemas"]["Body_create_job"]["properties"]["params"]
-    assert params["type"] == "object" and params["required"] == ["k"] and params["additionalProperties"] is False
+    assert params["type"] == "object" and "required" not in params and params["additionalProperties"] is False
+    assert {"const": "auto", "type": "string"} in params["properties"]["k"]["anyOf"]  # or omitted: chosen
     assert params["properties"]["method"]["enum"] == ["imc", "mmdc", "kmeans"]

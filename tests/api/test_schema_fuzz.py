@@ -117,8 +117,11 @@ class Service:
         """No jobs, no files: each scenario starts from an empty service."""
         with self.app.state.sessions() as session:
             for job in jobs.list_jobs(session, limit=10_000, before=None, owner_id=None):
-                assert jobs.delete_job(session, job=job)
-                blobs.delete_job_files(self.settings, job.id)
+                if job.source_job_id is None:  # a re-clustering goes with its source
+                    deleted = jobs.delete_job(session, job=job)
+                    assert deleted
+                    for job_id in deleted:
+                        blobs.delete_job_files(self.settings, job_id)
             session.commit()
 
 

@@ -10,7 +10,7 @@ from core.errors import InvalidInput
 def test_job_params_and_core_refuse_the_same_values(name: str) -> None:
     """The bounds live in core.config.BOUNDS only: a request and a library call agree at both ends."""
     low, high = BOUNDS[name]
-    base = {"k": 2, "method": "kmeans"}
+    base = {"method": "kmeans"} if name == "k_max" else {"k": 2, "method": "kmeans"}  # k_max: k chosen
     for accepted in (low, high):
         params = JobParams.model_validate({**base, name: accepted})
         ClusterConfig(**params.cluster_config()).validate()

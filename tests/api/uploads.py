@@ -17,7 +17,8 @@ FINISHED = "run by the test"  # the name of an upload the in-process test runs t
 
 
 def job_bodies() -> st.SearchStrategy[dict[str, Any]]:
-    """Bodies the API accepts: 3-9 tiny images in three colour folders, and k-means params.
+    """Bodies the API accepts: 3-9 tiny images in three colour folders, and k-means params (k
+    given, or chosen by the job).
 
     Three in four are named `FINISHED`: the stateful test runs those, so their results exist.
     """
@@ -28,7 +29,7 @@ def job_bodies() -> st.SearchStrategy[dict[str, Any]]:
         },
         per_class=st.integers(1, 3),
         seed=st.integers(0, 2),
-        k=st.integers(2, 3),
+        k=st.sampled_from([2, 3, "auto"]),
         finished=st.sampled_from([True, True, True, False]),
     )
 

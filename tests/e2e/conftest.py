@@ -100,9 +100,11 @@ def wait_for(
 
 @pytest.fixture
 def redis_settings(settings: Settings) -> Iterator[Settings]:
-    """Postgres + a real Redis broker on a queue of its own, removed after."""
+    """Postgres + a real Redis broker on queues of its own, removed after."""
     queue = f"corral-test-{uuid.uuid4().hex[:8]}"
-    yield settings.model_copy(update={"broker_url": f"{REDIS_URL}/9", "queue_name": queue})
+    yield settings.model_copy(
+        update={"broker_url": f"{REDIS_URL}/9", "queue_name": queue, "recluster_queue_name": f"{queue}-recluster"}
+    )
     client = redis.Redis.from_url(f"{REDIS_URL}/9")
     for key in client.scan_iter(f"*{queue}*"):
         client.delete(key)

@@ -76,6 +76,32 @@ def test_a_job_that_left_the_queue_is_not_sent_again(
     assert queue.pending_job_ids(settings) == set()
 
 
+def test_a_lost_reclustering_is_sent_again_to_its_own_queue(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    from store import jobs
+    from worker.run import execute_job
+
+    settings = settings.model_copy(update={"resend_queued_after_s": 60.0})
+    source = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    assert execute_job(source, settings=settings, sessions=sessions) == "succeeded"
+    with sessions() as session, session.begin():
+        row = jobs.get_job(session, job_id=source)
+        assert row is not None
+        job_id = jobs.create_reclustering(session, source=row, k=2).id
+    age(sessions, job_id, 120)
+    celery = queue.make_celery(settings)
+    assert reaper.resend_lost(sessions, settings, celery) == [job_id]
+    assert queue.pending_job_ids(settings) == {job_id}
+    options = queue.celery_config(settings)["broker_transport_options"]
+    with Connection(settings.broker_url, transport_options=options) as connection:
+        assert connection.SimpleQueue(settings.queue_name).qsize() == 0  # not behind training jobs
+        message = connection.SimpleQueue(settings.recluster_queue_name).get(timeout=5)
+        assert message.headers["task"] == queue.RECLUSTER_JOB
+        assert uuid.UUID(message.payload[0][0]) == job_id
+        message.ack()
+
+
 def fork_and_connect(database: Path) -> bool:
     """Fork a child that opens the SQLite database, as a job child's claim does first; whether it
     finished (a child that inherited one of SQLite's mutexes held waits on it forever)."""

@@ -214,3 +214,45 @@ def test_a_bug_raising_value_error_in_training_is_a_worker_error_not_the_users(
         assert "ValueError: operands could not be broadcast together" in job.error["detail"]
     logged = [record for record in caplog.records if record.exc_info is not None]
     assert logged and "buggy_training" in caplog.text  # the traceback, not just the message
+
+
+def test_a_reclustering_writes_its_own_result_from_the_source_embeddings(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    source = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    assert execute_job(source, settings=settings, sessions=sessions) == JobState.SUCCEEDED
+    with sessions() as session, session.begin():
+        row = jobs.get_job(session, job_id=source)
+        assert row is not None
+        before = [(a.image_id, a.cluster, a.confidence) for a in results.iter_assignments(session, job_id=source)]
+        job_id = jobs.create_reclustering(session, source=row, k=2).id
+    assert execute_job(job_id, settings=settings, sessions=sessions) == JobState.SUCCEEDED
+    with sessions() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert job is not None and job.k == 2 and job.n_clustered == 24 and job.metrics is not None
+        assert job.timings is not None and {"load", "kmeans", "model", "write", "total"} <= set(job.timings)
+        assigned = list(results.iter_assignments(session, job_id=job_id))
+        assert {a.cluster for a in assigned} == {0, 1} and len(assigned) == 24
+        assert {a.image_id for a in assigned} == {image_id for image_id, _, _ in before}  # the same images
+        assert sorted(c.size for c in results.list_clusters(session, job_id=job_id)) != [8, 8, 8]
+        after = [(a.image_id, a.cluster, a.confidence) for a in results.iter_assignments(session, job_id=source)]
+        assert after == before
+    assert blobs.model_path(settings, job_id).is_file()
+    assert not blobs.embeddings_path(settings, job_id).exists()  # it reads its source's
+
+
+def test_a_reclustering_whose_source_lost_its_embeddings_fails_clearly(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    source = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    assert execute_job(source, settings=settings, sessions=sessions) == JobState.SUCCEEDED
+    with sessions() as session, session.begin():
+        row = jobs.get_job(session, job_id=source)
+        assert row is not None
+        job_id = jobs.create_reclustering(session, source=row, k=2).id
+    blobs.embeddings_path(settings, source).unlink()
+    assert execute_job(job_id, settings=settings, sessions=sessions) == JobState.FAILED
+    with sessions() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert job is not None and job.error is not None
+        assert job.error["type"].endswith("invalid_input") and "embeddings" in job.error["detail"]
