@@ -171,7 +171,9 @@ def cmd_status(client: httpx.Client, args: argparse.Namespace) -> int:
     job = call(client, "GET", f"/jobs/{args.job_id}").json()
     progress = job["progress"]
     print(f"job {job['id']} ({job['name'] or 'unnamed'}): {job['state']}")
-    print(f"  k={job['params']['k']} method={job['params']['method']} images={job['counts']['images']}")
+    method, trained = job["params"]["method"], progress.get("method")
+    method += f" ({trained})" if trained and trained != method else ""  # what method=auto settled on
+    print(f"  k={job['params']['k']} method={method} images={job['counts']['images']}")
     if progress["epochs"]:
         print(f"  {progress['stage']} epoch {progress['epoch']}/{progress['epochs']}"
               + (f" loss {progress['loss']:.4f}" if progress["loss"] is not None else ""))

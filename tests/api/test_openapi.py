@@ -70,4 +70,4 @@ def test_openapi_params_part_is_the_job_params_object_sent_as_json(document: dic
     assert body["encoding"] == {"params": {"contentType": "application/json"}}
     params = document["components"]["schemas"]["Body_create_job"]["properties"]["params"]
     assert params["type"] == "object" and params["required"] == ["k"] and params["additionalProperties"] is False
-    assert params["properties"]["method"]["enum"] == ["imc", "mmdc", "kmeans"]
+    assert params["properties"]["method"]["enum"] == ["auto", "imc", "mmdc", "kmeans"]
