@@ -201,7 +201,7 @@ def _run(
             timings={key: round(float(value), 4) for key, value in timings.items()},
             resumed_from_epoch=result.resumed_from_epoch,
             stage="done",
-            progress_metrics=monitor.written | {"method": result.config.method},  # a job too short to beat
+            progress_metrics=monitor.written | {"method": result.config.method},  # also if no beat came
             skipped=list(job.skipped) + skipped,
             n_skipped=len(job.skipped) + len(skipped),
         )
@@ -311,21 +311,22 @@ class Monitor:
 
     def _beat(self) -> None:
         progress = self._latest
-        values = None
+        values, metrics = None, None
         if progress is not None:
+            metrics = _progress_metrics(progress)
             values = {
                 "stage": progress.stage,
                 "epoch": progress.epoch,
                 "epochs": progress.epochs,
-                "progress_metrics": _progress_metrics(progress),
+                "progress_metrics": metrics,
             }
         try:
             with transaction(self.sessions) as session:
                 self._state = jobs.beat(
                     session, job_id=self.job_id, worker_id=self.worker_id, progress=values
                 )
-            if values is not None:
-                self.written = values["progress_metrics"]
+            if metrics is not None:
+                self.written = metrics
         except Exception:  # a database hiccup must not kill training; the next beat retries
             log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
 
