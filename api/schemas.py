@@ -40,7 +40,10 @@ class JobParams(BaseModel):
         description="largest k tried when k is chosen (default 50; capped at the image count)",
     )
     method: Method = Field(
-        default=DEFAULT_METHOD, description="imc (IMC-SwAV, the default), mmdc or kmeans (pixels)"
+        default=DEFAULT_METHOD,
+        description="auto (the default: IMC-SwAV, or MMDC where a short job on grey-scale images leaves "
+                    "IMC-SwAV too few steps; progress.method names the one that trains), imc (IMC-SwAV), "
+                    "mmdc or kmeans (pixels)",
     )
     epochs: int | None = _bounded("epochs", default=None, description="default: per method")
     time_budget_s: float | None = _bounded(
@@ -132,6 +135,7 @@ class ProgressOut(BaseModel):
     time_budget_s: float | None = Field(default=None, description="the budget the epochs were fitted to")
     seconds_per_epoch: float | None = Field(default=None, description="the speed the plan was made with")
     expected_end_at: datetime | None = Field(default=None, description="when training should end, per the plan")
+    method: str | None = Field(default=None, description="the method that trains: what method=auto settled on")
 
 
 class SkippedEntry(BaseModel):
@@ -321,6 +325,7 @@ def job_view(job: Any) -> dict[str, Any]:
             "time_budget_s": progress_metrics.get("time_budget_s"),
             "seconds_per_epoch": progress_metrics.get("seconds_per_epoch"),
             "expected_end_at": _expected_end(job.progress_at, progress_metrics.get("eta_s")),
+            "method": progress_metrics.get("method"),
         },
         "counts": {
             "entries": job.archive_entries,

@@ -213,7 +213,9 @@ def cmd_status(client: httpx.Client, args: argparse.Namespace) -> int:
     job = call(client, "GET", f"/jobs/{args.job_id}").json()
     progress = job["progress"]
     print(f"job {job['id']} ({job['name'] or 'unnamed'}): {job['state']}")
-    print(f"  k={_k(job)} method={job['params']['method']} images={job['counts']['images']}")
+    method, trained = job["params"]["method"], progress.get("method")
+    method += f" ({trained})" if trained and trained != method else ""  # what method=auto settled on
+    print(f"  k={_k(job)} method={method} images={job['counts']['images']}")
     if job.get("source_job_id"):
         print(f"  re-clustering of {job['source_job_id']}")
     for again in job.get("reclusterings") or []:

@@ -24,20 +24,20 @@ from PIL import Image
 
 from commands.ports import free_port
 from commands.serve import stop_process_group
-from core.config import DEFAULT_METHOD
+from core.config import DEFAULT_METHOD, METHOD_NAMES
 
 UPSCALE = 4  # 8x8 -> 32x32 px, the working size of the small-image backbones
 # The deep job's time budget: about two minutes of training on a 2-core CPU, where IMC-SwAV fitted
 # 25 epochs of the digits into 120 s (ACC 0.938) on the shared machine (bench/RESULTS.md, "Small sets").
 DEEP_BUDGET_S = 110
-NAMES = {"imc": "IMC-SwAV", "mmdc": "MMDC", "kmeans": "k-means (pixels)"}
+NAMES = {"auto": "auto", "imc": "IMC-SwAV", "mmdc": "MMDC", "kmeans": "k-means (pixels)"}
 ACTIVE = ("queued", "running", "cancelling")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("demo", help="the default deep method beside k-means on 1,797 handwritten digits")
     parser.add_argument("--server", help="URL of a running Corral (default: start one)")
-    parser.add_argument("--method", choices=("imc", "mmdc"), default=DEFAULT_METHOD,
+    parser.add_argument("--method", choices=[m for m in METHOD_NAMES if m != "kmeans"], default=DEFAULT_METHOD,
                         help=f"the deep method (default {DEFAULT_METHOD})")
     parser.add_argument("--time", type=float, default=DEEP_BUDGET_S, metavar="SECONDS",
                         help=f"the deep job's time budget (default {DEEP_BUDGET_S})")
@@ -56,6 +56,7 @@ class Row:
 
     name: str
     url: str
+    method: str | None = None  # as submitted; the name shows what method=auto settled on once known
     state: str = "queued"
     line: str = "queued"
     metrics: dict[str, float] | None = None
@@ -141,7 +142,7 @@ def submit(client: httpx.Client, archive: Path, params: dict[str, Any]) -> Row:
                                data={"params": json.dumps(params)})
     if response.status_code != 202:
         raise SystemExit(f"submit failed: {response.status_code} {response.text}")
-    return Row(NAMES[params["method"]], response.headers["Location"])
+    return Row(NAMES[params["method"]], response.headers["Location"], params["method"])
 
 
 def follow(client: httpx.Client, rows: list[Row]) -> None:
@@ -161,6 +162,8 @@ def follow(client: httpx.Client, rows: list[Row]) -> None:
 
 def update(row: Row, job: dict[str, Any]) -> None:
     row.state, progress = job["state"], job["progress"]
+    if row.method == "auto" and progress.get("method") in NAMES:
+        row.name = f"{NAMES[progress['method']]} (auto)"
     if row.state == "running" and progress["epochs"]:
         row.line = f"{progress['stage']} {progress['epoch']}/{progress['epochs']}"  # fits 80 columns
         if progress.get("expected_end_at"):  # the time budget's plan

@@ -13,7 +13,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from core.budget import format_duration, parse_duration
-from core.config import DEFAULT_METHOD, METHOD_NAMES, ClusterConfig
+from core.config import BACKBONES, DEFAULT_METHOD, METHOD_NAMES, ClusterConfig
 from core.errors import InvalidInput
 from core.result import Progress
 
@@ -48,7 +48,9 @@ def add_cluster_command(commands: argparse._SubParsersAction) -> None:  # type: 
                      help="number of clusters; 'auto' or omitted: chosen after training, in 2..--k-max")
     cmd.add_argument("--k-max", type=int, default=ClusterConfig.k_max,
                      help="the largest k tried when k is chosen (default %(default)s, capped at the image count)")
-    cmd.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD)
+    cmd.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD,
+                     help="auto (default): IMC-SwAV, or MMDC where a short run on grey-scale images leaves "
+                          "IMC-SwAV too few steps")
     cmd.add_argument("--epochs", type=int, default=None, help="default: fitted to --time, else the method's")
     add_time_argument(cmd)
     cmd.add_argument("--seed", type=int, default=0)
@@ -57,6 +59,8 @@ def add_cluster_command(commands: argparse._SubParsersAction) -> None:  # type: 
     cmd.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                      help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32")
     cmd.add_argument("--image-size", type=int, default=None, help="working size in px (default: auto)")
+    cmd.add_argument("--backbone", choices=BACKBONES, default="auto",
+                     help="auto: the small VGG for grey-scale images up to 32 px, else ResNet-18")
     cmd.add_argument("--out", type=Path, default=None, help="write path,cluster,confidence CSV here")
     cmd.add_argument("--checkpoint", type=Path, default=None, help="save/resume training state here")
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -92,7 +96,7 @@ def run_cluster(args: argparse.Namespace) -> int:
 
     config = ClusterConfig(k=args.k, k_max=args.k_max, method=args.method, epochs=args.epochs,
                            time_budget_s=args.time, seed=args.seed, batch_size=args.batch_size,
-                           image_size=args.image_size, precision=args.precision)
+                           image_size=args.image_size, precision=args.precision, backbone=args.backbone)
     config.validate()
     image_set = read_images(args.path, image_size=args.image_size)
     for path, reason in image_set.skipped:
@@ -106,7 +110,8 @@ def run_cluster(args: argparse.Namespace) -> int:
         bar.close()
     k = len(result.centres)
     sizes = [int((result.labels == c).sum()) for c in range(k)]
-    print(f"{len(image_set.paths)} images -> {k} clusters of sizes {sizes} on {result.device} "
+    print(f"{len(image_set.paths)} images -> {k} clusters of sizes {sizes} by {result.config.method} "
+          f"on {result.device} "
           f"in {result.timings['total']:.1f} s" + (f" ({len(result.history)} epochs)" if result.history else ""))
     if result.k_choice is not None:
         choice = result.k_choice

@@ -7,16 +7,17 @@ from typing import Any, Literal, get_args
 
 from core.errors import InvalidInput
 
-Method = Literal["imc", "mmdc", "kmeans"]  # the default first (the UI's pre-selection)
+Method = Literal["auto", "imc", "mmdc", "kmeans"]  # the default first (the UI's pre-selection)
 Backbone = Literal["auto", "resnet18", "vgg"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
 
-# IMC-SwAV is the default for every image type: it won Fashion-MNIST by 11-14 points of ACC and
-# a CIFAR-10 subset by 6 at equal wall time, and trailed MNIST by 0.7 (bench/RESULTS.md, "Default method").
-DEFAULT_METHOD: Method = "imc"
+# "auto" trains IMC-SwAV or MMDC, chosen per run from the run's plan (core/pacing.py, choose_method;
+# bench/RESULTS.md, "Default method"); the result's config names the one that ran.
+DEFAULT_METHOD: Method = "auto"
 METHOD_NAMES: tuple[str, ...] = get_args(Method)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+BACKBONES: tuple[str, ...] = get_args(Backbone)
 MAX_K = 1000
 # Inclusive bounds of the integer parameters a caller sets; the API's JobParams declares its
 # fields from this table, so a request and a library call are refused alike.

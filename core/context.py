@@ -24,13 +24,14 @@ class RunContext:
     started: float = field(default_factory=time.perf_counter)
     plan: EpochPlan | None = None  # the epochs fitted to a time budget, shown with every report
     deadline: Deadline | None = None  # a budgeted run stops at the epoch end that would overrun it
+    method: str | None = None  # the method training, named in every report
 
     def report(self, stage: str, epoch: int, epochs: int, **metrics: float) -> None:
         if self.on_progress is not None:
             if self.plan is not None and self.deadline is not None:
                 expected_end = self.deadline.at - self.plan.budget_s + self.plan.expected_s
                 metrics = {**self.plan.metrics(), "eta_s": max(0.0, expected_end - time.perf_counter()), **metrics}
-            self.on_progress(Progress(stage, epoch, epochs, dict(metrics)))
+            self.on_progress(Progress(stage, epoch, epochs, dict(metrics), self.method))
 
     def room_for_epoch(self) -> bool:
         """False once the next epoch would end past the deadline (always True without one)."""

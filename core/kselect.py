@@ -27,7 +27,7 @@ CRITERION = "silhouette"
 # classifier reads detached features; the prototypes are min(1000, max(10 k, N/10))), so 10 makes
 # the encoder exactly a k=10 run's. MMDC's embedding has k dimensions: 10 as well (§7). k-means
 # trains nothing: its representation is the pixels, so the cheapest fit, k=2.
-TRAINING_K = {"imc": 10, "mmdc": 10, "kmeans": 2}
+TRAINING_K = {"auto": 10, "imc": 10, "mmdc": 10, "kmeans": 2}  # auto settles on imc or mmdc
 
 
 @dataclass(frozen=True)

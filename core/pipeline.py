@@ -66,7 +66,7 @@ def cluster(
     saved = Checkpoint(Path(checkpoint), config.to_dict(), images.shape[0]) if checkpoint else None
     ctx = RunContext(device=device, generator=generator, on_progress=on_progress, checkpoint=saved,
                      labels=None if labels is None else np.asarray(labels), eval_every=eval_every,
-                     plan=paced.plan, deadline=paced.deadline)
+                     plan=paced.plan, deadline=paced.deadline, method=config.method)
     log.info("clustering %d images of %s into k=%s with %s on %s", images.shape[0],
              tuple(images.shape[1:]), config.k or "auto", config.method, device)
     with cpu_threads(paced.threads):

@@ -25,6 +25,7 @@ class Progress:
     epoch: int  # epochs finished so far
     epochs: int
     metrics: dict[str, float] = field(default_factory=dict)  # loss, images_per_s, acc, ...
+    method: str | None = None  # the method training (what method="auto" settled on), once known
 
 
 ProgressCallback = Callable[[Progress], None]

@@ -208,6 +208,7 @@ def _run(
             timings={key: round(float(value), 4) for key, value in timings.items()},
             resumed_from_epoch=result.resumed_from_epoch,
             stage="done",
+            progress_metrics=monitor.written | {"method": result.config.method},  # also if no beat came
             skipped=list(job.skipped) + skipped,
             n_skipped=len(job.skipped) + len(skipped),
         )
@@ -280,6 +281,7 @@ class Monitor:
     worker_id: str
     interval_s: float
     _latest: Progress | None = None
+    written: dict[str, Any] = field(default_factory=dict)  # the progress_metrics last written
     _state: str | None = JobState.RUNNING
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -316,21 +318,29 @@ class Monitor:
 
     def _beat(self) -> None:
         progress = self._latest
-        values = None
+        values, metrics = None, None
         if progress is not None:
+            metrics = _progress_metrics(progress)
             values = {
                 "stage": progress.stage,
                 "epoch": progress.epoch,
                 "epochs": progress.epochs,
-                "progress_metrics": _finite(progress.metrics),
+                "progress_metrics": metrics,
             }
         try:
             with transaction(self.sessions) as session:
                 self._state = jobs.beat(
                     session, job_id=self.job_id, worker_id=self.worker_id, progress=values
                 )
+            if metrics is not None:
+                self.written = metrics
         except Exception:  # a database hiccup must not kill training; the next beat retries
             log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+
+
+def _progress_metrics(progress: Progress) -> dict[str, Any]:
+    """A report's finite metrics and the method training (what method=auto settled on)."""
+    return _finite(progress.metrics) | ({"method": progress.method} if progress.method else {})
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:

@@ -57,7 +57,8 @@ def test_post_job_answers_202_with_location_and_records_images(
 
 def test_a_job_without_a_method_records_the_default_one(submit: Submit) -> None:
     body = submit(params={"k": 3}).json()
-    assert body["params"]["method"] == DEFAULT_METHOD == "imc"
+    assert body["params"]["method"] == DEFAULT_METHOD == "auto"
+    assert body["progress"]["method"] is None  # settled by the worker
 
 
 def test_a_time_budget_is_recorded_and_progress_has_room_for_its_plan(submit: Submit) -> None:

@@ -71,4 +71,4 @@ def test_openapi_params_part_is_the_job_params_object_sent_as_json(document: dic
     params = document["components"]["schemas"]["Body_create_job"]["properties"]["params"]
     assert params["type"] == "object" and "required" not in params and params["additionalProperties"] is False
     assert {"const": "auto", "type": "string"} in params["properties"]["k"]["anyOf"]  # or omitted: chosen
-    assert params["properties"]["method"]["enum"] == ["imc", "mmdc", "kmeans"]
+    assert params["properties"]["method"]["enum"] == ["auto", "imc", "mmdc", "kmeans"]

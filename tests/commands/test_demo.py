@@ -24,3 +24,11 @@ def test_finished_jobs_print_side_by_side_with_their_pages(capsys):
     out = capsys.readouterr().out
     assert out.count("0.950  0.900   99.5 s") == 2
     assert "http://127.0.0.1:8000/ui/jobs/b" in out
+
+
+def test_an_auto_job_is_named_after_the_method_it_settled_on():
+    row = Row("auto", "/jobs/1", "auto")
+    update(row, job("running", stage="probe", method=None))
+    assert row.name == "auto"
+    update(row, job("running", stage="clustering", epoch=1, epochs=9, method="mmdc"))
+    assert row.name == "MMDC (auto)"

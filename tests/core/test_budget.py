@@ -7,9 +7,11 @@ import torch
 from core.budget import SAFETY, Deadline, fit_epochs, parse_duration
 from core.config import ClusterConfig
 from core.errors import InvalidInput
-from core.pacing import budget_of, fastest_threads, pace
+from core.methods import imc_plan
+from core.pacing import AUTO_MIN_IMC_STEPS, budget_of, fastest_threads, pace
 from core.pipeline import cluster
 from core.runtime import cpu_threads
+from tests.core.conftest import striped_images
 
 CPU = torch.device("cpu")
 
@@ -98,3 +100,29 @@ def test_the_probe_times_one_thread_beside_more_and_the_run_restores_them(images
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_auto_trains_imc_where_its_plan_has_the_steps_and_mmdc_where_it_has_not(images):
+    pixels, _ = images  # 90 grey images: one IMC-SwAV step an epoch
+    steps = imc_plan.make_plan(ClusterConfig(k=3, method="imc"), 90, 1, 32).steps_per_epoch
+    enough = -(-AUTO_MIN_IMC_STEPS // steps)
+    for epochs, method in [(enough, "imc"), (enough - 1, "mmdc")]:
+        paced = pace(pixels, ClusterConfig(k=3, epochs=epochs), CPU, started=time.perf_counter())
+        assert (paced.config.method, paced.config.epochs, paced.plan) == (method, epochs, None)
+    colour, _ = striped_images(per_class=10, colour=True)
+    assert pace(colour, ClusterConfig(k=3, epochs=2), CPU, started=time.perf_counter()).config.method == "imc"
+    assert ClusterConfig(k=3).method == "auto"
+
+
+def test_a_short_auto_run_trains_mmdc_says_so_and_resumes_with_it(images, tmp_path):
+    pixels, labels = images
+    config = ClusterConfig(k=3, batch_size=16, time_budget_s=10)  # IMC-SwAV would fit a few dozen steps
+    reports = []
+    result = cluster(pixels, config, labels=labels, device="cpu", on_progress=reports.append,
+                     checkpoint=tmp_path / "run.ckpt")
+    assert result.config.method == "mmdc" and result.config.epochs is not None
+    assert [r.method for r in reports if r.stage == "probe"] == ["imc", "mmdc"]
+    assert {r.method for r in reports if r.stage != "probe"} == {"mmdc"}
+    resumed = pace(pixels, config, CPU, started=time.perf_counter(), checkpoint=tmp_path / "run.ckpt")
+    assert (resumed.config.method, resumed.config.epochs) == ("mmdc", result.config.epochs)
+    assert resumed.plan is not None and math.isnan(resumed.plan.seconds_per_epoch)  # no probe again

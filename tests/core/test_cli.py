@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from core.cli import main
@@ -35,7 +36,21 @@ def test_cluster_command_writes_csv_and_scores_against_folders(image_folder: Pat
 
 def test_cluster_command_trains_mmdc_with_a_progress_bar(image_folder: Path, capsys):
     assert main(["cluster", str(image_folder), "--k", "3", "--epochs", "1", "--batch-size", "10"]) == 0
-    assert "epoch 1/1" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "epoch 1/1" in captured.err
+    assert " by mmdc on " in captured.out  # the default, auto: one epoch is too short for IMC-SwAV
+
+
+def test_cluster_command_takes_the_backbone(tmp_path: Path, capsys):
+    pixels, _ = striped_images(per_class=4, colour=True)
+    folder, checkpoint = tmp_path / "images", tmp_path / "run.ckpt"
+    folder.mkdir()
+    for i, array in enumerate(pixels.numpy()):
+        Image.fromarray(array.transpose(1, 2, 0)).save(folder / f"{i}.png")
+    args = ["cluster", str(folder), "--k", "3", "--epochs", "1", "--backbone", "vgg", "--checkpoint", str(checkpoint)]
+    assert main([*args, "--quiet"]) == 0
+    assert " by imc on " in capsys.readouterr().out  # auto on colour images
+    assert torch.load(checkpoint, weights_only=False)["config"]["backbone"] == "vgg"
 
 
 @pytest.mark.parametrize("k", [["--k", "auto"], []])

@@ -83,6 +83,17 @@ def test_a_budgeted_job_fits_its_epochs(settings: Settings, sessions: sessionmak
         assert job.timings is not None and job.timings["train"] < 10
 
 
+def test_a_job_of_the_default_method_records_the_one_it_trained(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    job_id = stored_job(settings, sessions, {"k": 3, "epochs": 1, "batch_size": 8})  # method: auto
+    execute_job(job_id, settings=settings, sessions=sessions)
+    with sessions() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert job is not None and job.state == JobState.SUCCEEDED, job and job.error
+        assert job.progress_metrics is not None and job.progress_metrics["method"] == "imc"  # colour images
+
+
 def test_execute_job_twice_runs_it_once(settings: Settings, sessions: sessionmaker[Session]) -> None:
     job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
     execute_job(job_id, settings=settings, sessions=sessions)
