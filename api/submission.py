@@ -127,9 +127,16 @@ def _earlier(
 ) -> Job | None:
     assert submission.idempotency_key is not None
     with sessions() as session:
-        earlier = jobs.find_idempotent(
-            session, owner_id=submission.owner_id, key=submission.idempotency_key
+        return idempotent_earlier(
+            session, owner_id=submission.owner_id, key=submission.idempotency_key, request_hash=request_hash
         )
+
+
+def idempotent_earlier(
+    session: Session, *, owner_id: uuid.UUID | None, key: str, request_hash: str
+) -> Job | None:
+    """The job an earlier request with this Idempotency-Key made; 422 when that was another request."""
+    earlier = jobs.find_idempotent(session, owner_id=owner_id, key=key)
     if earlier is not None and earlier.request_hash != request_hash:
         raise ProblemError(
             422,
@@ -138,6 +145,22 @@ def _earlier(
             "this Idempotency-Key was used for a different request; use a new key",
         )
     return earlier
+
+
+def check_active_limit(session: Session, settings: Settings, owner_id: uuid.UUID | None) -> None:
+    """429 when the caller's key already has its CORRAL_MAX_ACTIVE_JOBS_PER_KEY jobs queued or running."""
+    if owner_id is None:
+        return
+    active = jobs.count_active(session, owner_id=owner_id)
+    if active >= settings.max_active_jobs_per_key:
+        raise ProblemError(
+            429,
+            "too_many_active_jobs",
+            "Too many active jobs",
+            f"this key has {active} queued or running jobs (limit "
+            f"{settings.max_active_jobs_per_key}); wait for one to finish",
+            headers={"Retry-After": "30"},
+        )
 
 
 def _too_few(k: int | None, needed: int, n_images: int, skipped: list[dict[str, str]]) -> ProblemError:

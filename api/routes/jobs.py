@@ -27,7 +27,7 @@ from api.deps import (
 from api.errors import ProblemError, params_problem
 from api.openapi import BAD_CURSOR, BAD_MULTIPART, CURSOR, job_links, json_part, problems
 from api.schemas import JobDetail, JobOut, JobPage, JobParams, job_detail, job_out, job_view
-from api.submission import Submission, submit_job
+from api.submission import Submission, check_active_limit, submit_job
 from store import blobs, jobs
 from store.models import Job, JobState
 
@@ -71,17 +71,7 @@ async def create_job(
 ) -> JobOut:
     """Upload an archive and queue a clustering job; answers 202 with Location."""
     parsed = _parse_params(params)
-    if caller.key_id is not None:
-        active = jobs.count_active(session, owner_id=caller.key_id)
-        if active >= settings.max_active_jobs_per_key:
-            raise ProblemError(
-                429,
-                "too_many_active_jobs",
-                "Too many active jobs",
-                f"this key has {active} queued or running jobs (limit "
-                f"{settings.max_active_jobs_per_key}); wait for one to finish",
-                headers={"Retry-After": "30"},
-            )
+    check_active_limit(session, settings, caller.key_id)
     close_session(session)  # the upload can take minutes; hold no connection or seat meanwhile
     submission = Submission(parsed, archive, caller.key_id, idempotency_key)
     job, _ = await submit_job(

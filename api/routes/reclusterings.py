@@ -20,7 +20,7 @@ from api.errors import ProblemError
 from api.openapi import job_links, problems
 from api.routes.results import require_results
 from api.schemas import JobOut, ReclusterParams, job_out
-from api.submission import enqueue
+from api.submission import check_active_limit, enqueue, idempotent_earlier
 from store import blobs, jobs
 from store.models import Job
 from store.settings import Settings
@@ -61,28 +61,14 @@ def create_reclustering(
     """Cluster a succeeded job's images again at `k` from its trained representation (no
     retraining): a new job with its own clusters, assignments, exports, metrics and model."""
     request_hash = hashlib.sha256(json.dumps({"source": str(job.id), "k": body.k}).encode()).hexdigest()
-    earlier = _earlier(session, caller, idempotency_key, request_hash)
+    earlier = None if not idempotency_key else idempotent_earlier(
+        session, owner_id=caller.key_id, key=idempotency_key, request_hash=request_hash)
     if earlier is None:
         _check(job, body.k, settings, session, caller)
         earlier = _create(session, job, body.k, caller, idempotency_key, request_hash)
         enqueue(request.app.state.celery, settings, request.app.state.sessions, earlier)
     response.headers["Location"] = f"/jobs/{earlier.id}"
     return job_out(earlier)
-
-
-def _earlier(session: Session, caller: Caller, key: str | None, request_hash: str) -> Job | None:
-    """The job an earlier request with this key made; 422 when that was another request."""
-    if not key:
-        return None
-    earlier = jobs.find_idempotent(session, owner_id=caller.key_id, key=key)
-    if earlier is not None and earlier.request_hash != request_hash:
-        raise ProblemError(
-            422,
-            "idempotency_key_reused",
-            "Idempotency-Key reused",
-            "this Idempotency-Key was used for a different request; use a new key",
-        )
-    return earlier
 
 
 def _check(job: Job, k: int, settings: Settings, session: Session, caller: Caller) -> None:
@@ -105,18 +91,7 @@ def _check(job: Job, k: int, settings: Settings, session: Session, caller: Calle
             images=clustered,
             k=k,
         )
-    if caller.key_id is not None:
-        active = jobs.count_active(session, owner_id=caller.key_id)
-        if active >= settings.max_active_jobs_per_key:
-            raise ProblemError(
-                429,
-                "too_many_active_jobs",
-                "Too many active jobs",
-                f"this key has {active} queued or running jobs (limit "
-                f"{settings.max_active_jobs_per_key}); wait for one to finish",
-                headers={"Retry-After": "30"},
-            )
-
+    check_active_limit(session, settings, caller.key_id)
 
 def _create(
     session: Session, source: Job, k: int, caller: Caller, key: str | None, request_hash: str
@@ -129,7 +104,8 @@ def _create(
         session.commit()
     except IntegrityError:  # the same key, committed by a concurrent request meanwhile
         session.rollback()
-        earlier = _earlier(session, caller, key, request_hash)
+        earlier = None if not key else idempotent_earlier(
+            session, owner_id=caller.key_id, key=key, request_hash=request_hash)
         if earlier is None:
             raise
         return earlier
