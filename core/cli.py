@@ -46,8 +46,9 @@ def add_cluster_command(commands: argparse._SubParsersAction) -> None:  # type: 
     cmd.add_argument("path", type=Path, help="folder, zip or tar(.gz) of images")
     cmd.add_argument("--k", type=_k, default=None,
                      help="number of clusters; 'auto' or omitted: chosen after training, in 2..--k-max")
-    cmd.add_argument("--k-max", type=int, default=ClusterConfig.k_max,
-                     help="the largest k tried when k is chosen (default %(default)s, capped at the image count)")
+    cmd.add_argument("--k-max", type=int, default=None,
+                     help=f"the largest k tried when k is chosen (default {ClusterConfig.k_max}, capped at the "
+                          "image count)")
     cmd.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD,
                      help="auto (default): IMC-SwAV, or MMDC where a short run on grey-scale images leaves "
                           "IMC-SwAV too few steps")
@@ -94,7 +95,9 @@ def run_cluster(args: argparse.Namespace) -> int:
     from core.data.images import read_images  # torch is imported only when needed
     from core.pipeline import cluster
 
-    config = ClusterConfig(k=args.k, k_max=args.k_max, method=args.method, epochs=args.epochs,
+    if args.k is not None and args.k_max is not None:  # as the API answers it (422)
+        raise InvalidInput("--k-max applies only when k is chosen: omit --k (or pass --k auto)")
+    config = ClusterConfig(k=args.k, k_max=ClusterConfig.k_max if args.k_max is None else args.k_max, method=args.method, epochs=args.epochs,
                            time_budget_s=args.time, seed=args.seed, batch_size=args.batch_size,
                            image_size=args.image_size, precision=args.precision, backbone=args.backbone)
     config.validate()

@@ -49,9 +49,11 @@ PROBE_EPOCHS = {"cpu": 4, "cuda": 8}
 # method="auto": IMC-SwAV wins at equal wall time once it has trained a while (bench/RESULTS.md,
 # "Default method") but learns little in its first few hundred steps, where MMDC is already far
 # along on grey-scale sets; below this many IMC-SwAV steps a grey-scale run trains MMDC instead
-# (bench/RESULTS.md, "Short budgets"). Colour sets stay on IMC-SwAV: MMDC starts there from a
-# near-collapse and trailed it at every time point measured.
-AUTO_MIN_IMC_STEPS = 500
+# (bench/RESULTS.md, "Short budgets"; on the digits IMC-SwAV scored 0.41 after 70 steps, 0.887
+# after 266 and 0.919 after 350, where MMDC at the same budget scored 0.54, 0.907-0.957 and 0.81).
+# Colour sets stay on IMC-SwAV: MMDC starts there from a near-collapse and trailed it at every
+# time point measured.
+AUTO_MIN_IMC_STEPS = 300
 
 
 @dataclass(frozen=True)
@@ -129,12 +131,12 @@ def choose_method(images: torch.Tensor, config: ClusterConfig, device: torch.dev
     budget = budget_of(imc, device)
     if budget is None:  # epochs given, or a GPU's default: no probe needed
         return Paced(imc if steps(config.epochs or imc_plan.DEFAULT_EPOCHS) >= AUTO_MIN_IMC_STEPS else mmdc)
-    # A glance at IMC-SwAV's step decides: the full probe of the method not taken (thread
-    # comparison included) would cost a short budget a third of its epochs (bench/RESULTS.md)
+    # A glance at IMC-SwAV's step decides: the full probe of the method not taken would cost a
+    # short budget a third of its epochs (bench/RESULTS.md). It compares thread counts as the
+    # full probe does: one thread alone read 2x slow where two ran faster ("Short budgets").
     if on_progress is not None:
         on_progress(Progress("probe", 0, 0, method="imc"))
-    with cpu_threads(1 if device.type == "cpu" else None):
-        glance = seconds_per_epoch(images, imc, device, glance=True)
+    glance, _ = fastest_threads(images, imc, device, glance=True)
     try:
         epochs = fit_epochs(budget[0], time.perf_counter() - started, glance, max_epochs=budget[1]).epochs
     except InvalidInput:  # not one IMC-SwAV epoch would fit; MMDC's are cheaper
@@ -143,19 +145,22 @@ def choose_method(images: torch.Tensor, config: ClusterConfig, device: torch.dev
     return fit(images, chosen, device, started=started, on_progress=on_progress)
 
 
-def fastest_threads(images: torch.Tensor, config: ClusterConfig, device: torch.device) -> tuple[float, int | None]:
+def fastest_threads(images: torch.Tensor, config: ClusterConfig, device: torch.device, *,
+                    glance: bool = False) -> tuple[float, int | None]:
     """(seconds per epoch, threads) of the faster of one CPU thread and torch's default; one is
-    probed first, so the default's probe gives up once it is slower (None threads off the CPU)."""
+    probed first, so the default's probe gives up once it is slower (None threads off the CPU).
+    glance: each probe is seconds_per_epoch's glance."""
     if device.type != "cpu":
-        return seconds_per_epoch(images, config, device), None
+        return seconds_per_epoch(images, config, device, glance=glance), None
     default, began = torch.get_num_threads(), time.perf_counter()
     with cpu_threads(1):
-        best, threads = seconds_per_epoch(images, config, device), 1
+        best, threads = seconds_per_epoch(images, config, device, glance=glance), 1
     if default > 1:
         probed = time.perf_counter()
         with cpu_threads(default):
             try:
-                seconds = seconds_per_epoch(images, config, device, give_up_after=2 * probed - began)
+                seconds = seconds_per_epoch(images, config, device, glance=glance,
+                                            give_up_after=2 * probed - began)
             except ProbeGaveUp:
                 seconds = float("inf")
         if seconds < best:

@@ -63,7 +63,8 @@ def test_cluster_command_chooses_k_when_it_is_auto_or_omitted(image_folder: Path
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--k", "1"], "k=1 is out of range"), (["--k", "50"], "k=50 exceeds the 30 images"),
-     (["--k-max", "1"], "k_max=1 is out of range")],
+     (["--k-max", "1"], "k_max=1 is out of range"),
+     (["--k", "3", "--k-max", "6"], "--k-max applies only when k is chosen")],
 )
 def test_bad_arguments_exit_non_zero_with_one_line(image_folder: Path, capsys, args, message):
     assert main(["cluster", str(image_folder), *args, "--method", "kmeans", "--quiet"]) == 2
