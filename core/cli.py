@@ -97,7 +97,8 @@ def run_cluster(args: argparse.Namespace) -> int:
 
     if args.k is not None and args.k_max is not None:  # as the API answers it (422)
         raise InvalidInput("--k-max applies only when k is chosen: omit --k (or pass --k auto)")
-    config = ClusterConfig(k=args.k, k_max=ClusterConfig.k_max if args.k_max is None else args.k_max, method=args.method, epochs=args.epochs,
+    k_max = ClusterConfig.k_max if args.k_max is None else args.k_max
+    config = ClusterConfig(k=args.k, k_max=k_max, method=args.method, epochs=args.epochs,
                            time_budget_s=args.time, seed=args.seed, batch_size=args.batch_size,
                            image_size=args.image_size, precision=args.precision, backbone=args.backbone)
     config.validate()

@@ -54,6 +54,10 @@ PROBE_EPOCHS = {"cpu": 4, "cuda": 8}
 # Colour sets stay on IMC-SwAV: MMDC starts there from a near-collapse and trailed it at every
 # time point measured.
 AUTO_MIN_IMC_STEPS = 300
+# A probe still running past this share of the budget ends the job as too short (InvalidInput):
+# a plan would leave too few epochs to be worth them, and a large colour set's probe alone could
+# otherwise outlast the budget before its refusal (bench/RESULTS.md, "CIFAR-10 goal")
+PROBE_MAX_BUDGET_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ def fit(images: torch.Tensor, config: ClusterConfig, device: torch.device, *, st
     budget_s, max_epochs = budget
     if on_progress is not None:
         on_progress(Progress("probe", 0, 0, method=config.method))
-    per_epoch, threads = fastest_threads(images, config, device)
+    per_epoch, threads = probe(images, config, device, budget_s=budget_s, started=started)
     plan = fit_epochs(budget_s, time.perf_counter() - started, per_epoch, max_epochs=max_epochs,
                       what=f"{config.method} on these {images.shape[0]} images")
     log.info("%s: %d epochs of %.2f s (%s threads) fit the %.0f s budget", config.method, plan.epochs,
@@ -136,7 +140,7 @@ def choose_method(images: torch.Tensor, config: ClusterConfig, device: torch.dev
     # full probe does: one thread alone read 2x slow where two ran faster ("Short budgets").
     if on_progress is not None:
         on_progress(Progress("probe", 0, 0, method="imc"))
-    glance, _ = fastest_threads(images, imc, device, glance=True)
+    glance, _ = probe(images, imc, device, budget_s=budget[0], started=started, glance=True)
     try:
         epochs = fit_epochs(budget[0], time.perf_counter() - started, glance, max_epochs=budget[1]).epochs
     except InvalidInput:  # not one IMC-SwAV epoch would fit; MMDC's are cheaper
@@ -145,22 +149,38 @@ def choose_method(images: torch.Tensor, config: ClusterConfig, device: torch.dev
     return fit(images, chosen, device, started=started, on_progress=on_progress)
 
 
+def probe(images: torch.Tensor, config: ClusterConfig, device: torch.device, *, budget_s: float,
+          started: float, glance: bool = False) -> tuple[float, int | None]:
+    """fastest_threads within PROBE_MAX_BUDGET_SHARE of the budget counted from `started`, else
+    InvalidInput."""
+    try:
+        return fastest_threads(images, config, device, glance=glance,
+                               give_up_at=started + budget_s * PROBE_MAX_BUDGET_SHARE)
+    except ProbeGaveUp:
+        raise InvalidInput(
+            f"time_budget_s={budget_s:g} is too short: measuring the speed of {config.method} on these "
+            f"{images.shape[0]} images took more than {PROBE_MAX_BUDGET_SHARE:.0%} of it; give a longer "
+            "budget or set epochs") from None
+
+
 def fastest_threads(images: torch.Tensor, config: ClusterConfig, device: torch.device, *,
-                    glance: bool = False) -> tuple[float, int | None]:
+                    glance: bool = False, give_up_at: float | None = None) -> tuple[float, int | None]:
     """(seconds per epoch, threads) of the faster of one CPU thread and torch's default; one is
     probed first, so the default's probe gives up once it is slower (None threads off the CPU).
-    glance: each probe is seconds_per_epoch's glance."""
+    glance: each probe is seconds_per_epoch's glance. give_up_at: a perf_counter time past which
+    the first probe raises ProbeGaveUp."""
     if device.type != "cpu":
-        return seconds_per_epoch(images, config, device, glance=glance), None
+        return seconds_per_epoch(images, config, device, glance=glance, give_up_after=give_up_at), None
     default, began = torch.get_num_threads(), time.perf_counter()
     with cpu_threads(1):
-        best, threads = seconds_per_epoch(images, config, device, glance=glance), 1
+        best, threads = seconds_per_epoch(images, config, device, glance=glance, give_up_after=give_up_at), 1
     if default > 1:
         probed = time.perf_counter()
+        slower = 2 * probed - began
         with cpu_threads(default):
             try:
                 seconds = seconds_per_epoch(images, config, device, glance=glance,
-                                            give_up_after=2 * probed - began)
+                                            give_up_after=slower if give_up_at is None else min(slower, give_up_at))
             except ProbeGaveUp:
                 seconds = float("inf")
         if seconds < best:

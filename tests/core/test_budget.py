@@ -8,7 +8,7 @@ from core.budget import SAFETY, Deadline, fit_epochs, parse_duration
 from core.config import ClusterConfig
 from core.errors import InvalidInput
 from core.methods import imc_plan
-from core.pacing import AUTO_MIN_IMC_STEPS, budget_of, fastest_threads, pace
+from core.pacing import AUTO_MIN_IMC_STEPS, PROBE_MAX_BUDGET_SHARE, budget_of, fastest_threads, pace
 from core.pipeline import cluster
 from core.runtime import cpu_threads
 from tests.core.conftest import striped_images
@@ -126,3 +126,13 @@ def test_a_short_auto_run_trains_mmdc_says_so_and_resumes_with_it(images, tmp_pa
     resumed = pace(pixels, config, CPU, started=time.perf_counter(), checkpoint=tmp_path / "run.ckpt")
     assert (resumed.config.method, resumed.config.epochs) == ("mmdc", result.config.epochs)
     assert resumed.plan is not None and math.isnan(resumed.plan.seconds_per_epoch)  # no probe again
+
+
+@pytest.mark.parametrize("method", ["mmdc", "imc", "auto"])
+def test_a_probe_past_its_share_of_the_budget_ends_as_too_short(images, method):
+    pixels, _ = images
+    config = ClusterConfig(k=3, method=method, batch_size=16, time_budget_s=60)
+    started = time.perf_counter() - 60 * PROBE_MAX_BUDGET_SHARE  # as if set-up had spent that share
+    too_short = r"time_budget_s=60 is too short: measuring the speed of \w+ .* took more than 50%"
+    with pytest.raises(InvalidInput, match=too_short):
+        pace(pixels, config, CPU, started=started)
