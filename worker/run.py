@@ -8,6 +8,7 @@ cancellation was requested or when the reaper gave the job to another worker.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -243,8 +244,12 @@ def _decode(
     sources: dict[str, Opener] = {
         path: functools.partial(blobs.read_image, settings, job_id, row) for path, row in by_path.items()
     }
-    image_set = decode_sources(sources, image_size=config.image_size)
+    image_set = decode_sources(sources, image_size=config.image_size, max_pixels=settings.max_pixels)
     skipped += [{"path": path, "reason": reason} for path, reason in image_set.skipped]
+    if not image_set.paths:  # name why, where clustering would only say that none were given
+        reasons = collections.Counter(skip["reason"] for skip in skipped)
+        raise InvalidInput(f"none of the job's {len(images)} images could be decoded: "
+                           + ", ".join(f"{count} {reason}" for reason, count in reasons.most_common()))
     return image_set, [by_path[path] for path in image_set.paths], skipped
 
 

@@ -267,3 +267,15 @@ def test_a_reclustering_whose_source_lost_its_embeddings_fails_clearly(
         job = jobs.get_job(session, job_id=job_id)
         assert job is not None and job.error is not None
         assert job.error["type"].endswith("invalid_input") and "embeddings" in job.error["detail"]
+
+
+def test_the_worker_decodes_within_the_configured_pixel_limit(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    strict = settings.model_copy(update={"max_pixels": 16 * 16 - 1})  # each stored image is 16 x 16
+    assert execute_job(job_id, settings=strict, sessions=sessions) == JobState.FAILED
+    with sessions() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert job is not None and job.error is not None and job.error["type"].endswith("invalid_input")
+        assert "too_many_pixels" in str(job.error), job.error
