@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ from core import ClusterConfig, cluster
 from core.config import MMDCParams
 from core.errors import InvalidInput
 from core.methods.mmdc import clustering_epoch, lookahead_targets, rotation_epoch, sample_targets
-from core.methods.mmdc_plan import make_plan
+from core.methods.mmdc_plan import SHORT_STEPS, make_plan
 from core.metrics import accuracy
 from tests.core.conftest import mmdc_parts
 
@@ -70,6 +71,18 @@ def test_the_epoch_schedule_follows_the_reference_of_the_image_type():
     assert (chosen.refine_epoch, chosen.decay_epoch, chosen.decay_gamma) == (20, 36, 0.3)
 
 
+def test_a_short_grey_scale_plan_refines_late_and_keeps_its_learning_rate():
+    short = make_plan(ClusterConfig(k=10, epochs=8), n=1797, channels=1, size=32)  # 8 x 52 steps
+    assert short.epochs * math.ceil(1797 / short.batch_size) < SHORT_STEPS
+    assert (short.refine_epoch, short.decay_epoch) == (6, 8)  # the decay's milestone is never reached
+    longer = make_plan(ClusterConfig(k=10, epochs=16), n=1797, channels=1, size=32)
+    assert (longer.refine_epoch, longer.decay_epoch) == (6, 13)  # the reference's 40 % and 80 %
+    colour = make_plan(ClusterConfig(k=10, epochs=8), n=1797, channels=3, size=32)
+    assert (colour.refine_epoch, colour.decay_epoch) == (7, 6)  # CIFAR-10's shape at any length
+    given = make_plan(ClusterConfig(k=10, epochs=8, mmdc=MMDCParams(refine_start=0.5)), n=1797, channels=1, size=32)
+    assert given.refine_epoch == 4
+
+
 def test_the_crops_follow_the_reference_of_the_image_type():
     grey = make_plan(ClusterConfig(k=10), n=1000, channels=1, size=32)
     colour = make_plan(ClusterConfig(k=10), n=1000, channels=3, size=32)
@@ -89,8 +102,9 @@ def test_cluster_recovers_three_separable_classes(images):
     # separated classes, (nearly) all right: calibrated confidence says so (it was ~0.5-0.6 raw)
     assert result.confidences.mean() >= 0.9 and result.metrics["ece"] <= 0.1
     assert len(result.history) == 10
-    refined = [h for h in result.history if "refine_kept" in h]  # epochs 5-10 (refinement from 40 %)
-    assert [h["epoch"] for h in refined] == [5, 6, 7, 8, 9, 10]
+    plan = make_plan(ClusterConfig(k=3, **FAST), n=90, channels=1, size=pixels.shape[-1])
+    refined = [h for h in result.history if "refine_kept" in h]  # from the refinement epoch on
+    assert [h["epoch"] for h in refined] == list(range(plan.refine_epoch + 1, 11)) and len(refined) >= 2
     assert all(0 < h["refine_smallest_share"] <= 1 / 3 for h in refined)
     assert refined[-1]["refine_kept"] >= 0.9  # converged: the k-means targets hardly move
 
