@@ -75,6 +75,8 @@ def test_a_short_grey_scale_plan_refines_late_and_keeps_its_learning_rate():
     short = make_plan(ClusterConfig(k=10, epochs=8), n=1797, channels=1, size=32)  # 8 x 52 steps
     assert short.epochs * math.ceil(1797 / short.batch_size) < SHORT_STEPS
     assert (short.refine_epoch, short.decay_epoch) == (6, 8)  # the decay's milestone is never reached
+    for epochs, refine_epoch in [(1, 0), (2, 1), (3, 2)]:  # and refinement still comes, in the last epoch
+        assert make_plan(ClusterConfig(k=10, epochs=epochs), n=1797, channels=1, size=32).refine_epoch == refine_epoch
     longer = make_plan(ClusterConfig(k=10, epochs=16), n=1797, channels=1, size=32)
     assert (longer.refine_epoch, longer.decay_epoch) == (6, 13)  # the reference's 40 % and 80 %
     colour = make_plan(ClusterConfig(k=10, epochs=8), n=1797, channels=3, size=32)
