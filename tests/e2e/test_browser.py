@@ -1,5 +1,6 @@
 """The web pages in a real headless browser (Debian's chromium via Selenium and chromedriver):
-upload form errors and submit, live progress without reloads, a gallery with every cluster.
+upload form errors and submit, live progress without reloads, a gallery with every cluster, the
+k-choice plot and the re-cluster form.
 A screenshot of the finished job page is kept in tests/artifacts/ (git-ignored).
 """
 
@@ -129,3 +130,46 @@ def test_upload_progress_and_gallery_in_a_real_browser(
     height = browser.execute_script("return document.body.scrollHeight")
     browser.set_window_size(1280, min(int(height) + 300, 6000))
     assert browser.save_screenshot(str(ARTIFACTS / "job-page.png"))
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_k_chosen_plot_and_reclustering_in_a_real_browser(
+    settings: Settings, start_worker: Callable[[Settings], Popen[bytes]], server: str,
+    browser, tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    start_worker(settings)
+    archive = tmp_path / "shapes.zip"
+    archive.write_bytes(grey_zip())
+    browser.get(f"{server}/ui")
+    browser.find_element(By.ID, "archive").send_keys(str(archive))  # k left empty: chosen
+    browser.find_element(By.ID, "k_max").send_keys("6")
+    Select(browser.find_element(By.ID, "method")).select_by_value("kmeans")
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 30).until(ready.url_contains("/ui/jobs/"))
+    source_url = browser.current_url
+    plot = WebDriverWait(browser, 120).until(ready.presence_of_element_located((By.ID, "k-choice")))
+    assert browser.find_element(By.ID, "state").text == "succeeded"
+    points = plot.find_elements(By.CSS_SELECTOR, "circle.k-score")
+    chosen = plot.find_elements(By.CSS_SELECTOR, "circle.k-score.chosen")
+    assert len(points) == 5 and len(chosen) == 1  # k = 2..6, one of them chosen
+    assert "k = 3:" in chosen[0].find_element(By.TAG_NAME, "title").get_attribute("textContent")
+
+    # The re-cluster form opens the new job's page, which fills in its own gallery at the new k.
+    k_input = browser.find_element(By.ID, "recluster-k")
+    k_input.clear()
+    k_input.send_keys("2")
+    browser.find_element(By.CSS_SELECTOR, "#recluster button").click()
+    WebDriverWait(browser, 30).until(lambda _: browser.current_url != source_url)
+    gallery = WebDriverWait(browser, 120).until(ready.presence_of_element_located((By.ID, "gallery")))
+    assert browser.find_element(By.ID, "state").text == "succeeded"
+    assert len(gallery.find_elements(By.CSS_SELECTOR, "article.cluster")) == 2
+    assert len(gallery.find_elements(By.CSS_SELECTOR, "figure.thumb img")) == 60
+
+    browser.get(source_url)  # the source lists its re-clustering and is unchanged
+    listed = browser.find_elements(By.CSS_SELECTOR, "#reclusterings li")
+    assert len(listed) == 1 and "k = 2" in listed[0].text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#gallery article.cluster")) == 3
