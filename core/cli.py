@@ -61,7 +61,8 @@ def add_cluster_command(commands: argparse._SubParsersAction) -> None:  # type: 
                      help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32")
     cmd.add_argument("--image-size", type=int, default=None, help="working size in px (default: auto)")
     cmd.add_argument("--backbone", choices=BACKBONES, default="auto",
-                     help="auto: the small VGG for grey-scale images up to 32 px, else ResNet-18")
+                     help="auto: the small VGG for images up to 32 px that are grey-scale or on a CPU, "
+                          "else ResNet-18")
     cmd.add_argument("--out", type=Path, default=None, help="write path,cluster,confidence CSV here")
     cmd.add_argument("--checkpoint", type=Path, default=None, help="save/resume training state here")
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -19,6 +19,7 @@ from core.errors import InvalidInput
 from core.kselect import choose_k, training_k
 from core.methods import METHODS
 from core.metrics import evaluate
+from core.models.backbones import choose_backbone
 from core.pacing import pace
 from core.predictor import Predictor
 from core.recluster import recluster, reclustered_predictor
@@ -55,6 +56,9 @@ def cluster(
     device = pick_device(device)
     configure_backend(device)
     images = images.to(device)
+    if config.method != "kmeans":  # the result and its checkpoint name the network that trained
+        config = config.with_(backbone=choose_backbone(config.backbone, images.shape[1], images.shape[-1],
+                                                       cpu=device.type == "cpu"))
     # k omitted: train once at the method's training k, choose k afterwards (core/kselect.py)
     trained = config if config.k is not None else config.with_(k=training_k(config.method, images.shape[0]))
     paced = pace(images, trained, device, started=started, checkpoint=Path(checkpoint) if checkpoint else None,

@@ -69,11 +69,17 @@ class SmallVGG(nn.Module):
         return self.features(x).flatten(1)  # (B, feature_dim)
 
 
-def choose_backbone(requested: str, channels: int, image_size: int) -> str:
-    """The small VGG for grey-scale images up to 32 px (MNIST-like), ResNet-18 otherwise."""
+def choose_backbone(requested: str, channels: int, image_size: int, *, cpu: bool = False) -> str:
+    """The small VGG for images up to 32 px that are grey-scale (MNIST-like) or trained on a CPU,
+    ResNet-18 otherwise.
+
+    On a CPU one ResNet-18 epoch of 5,000 CIFAR-10 images took longer (about 880 s) than a 600 s
+    budget, in which the VGG trained 50 IMC-SwAV epochs to ACC 0.29 against k-means' 0.21
+    (bench/RESULTS.md, "Round 9").
+    """
     if requested != "auto":
         return requested
-    return "vgg" if channels == 1 and image_size <= 32 else "resnet18"
+    return "vgg" if image_size <= 32 and (channels == 1 or cpu) else "resnet18"
 
 
 def build_backbone(name: str, channels: int, image_size: int, stem_pool: StemPool) -> nn.Module:

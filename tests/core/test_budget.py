@@ -116,7 +116,8 @@ def test_auto_trains_imc_where_its_plan_has_the_steps_and_mmdc_where_it_has_not(
 
 def test_a_short_auto_run_trains_mmdc_says_so_and_resumes_with_it(images, tmp_path):
     pixels, labels = images
-    config = ClusterConfig(k=3, batch_size=16, time_budget_s=10)  # IMC-SwAV would fit a few dozen steps
+    # IMC-SwAV would fit a few dozen steps; the backbone as cluster() settles it, since pace() is called directly
+    config = ClusterConfig(k=3, batch_size=16, time_budget_s=10, backbone="vgg")
     reports = []
     result = cluster(pixels, config, labels=labels, device="cpu", on_progress=reports.append,
                      checkpoint=tmp_path / "run.ckpt")

@@ -114,7 +114,8 @@ def test_cluster_recovers_three_separable_classes(images):
 @pytest.mark.slow
 def test_cluster_on_colour_images_with_resnet_and_rotation(colour_images):
     pixels, labels = colour_images
-    result = cluster(pixels, ClusterConfig(k=3, method="mmdc", epochs=2, batch_size=20), labels=labels)
+    config = ClusterConfig(k=3, method="mmdc", epochs=2, batch_size=20, backbone="resnet18")  # auto: VGG on a CPU
+    result = cluster(pixels, config, labels=labels)
     assert result.labels.shape == (60,)
     assert np.isfinite(result.history[-1]["rotation_loss"])  # the rotation epoch ran
 
