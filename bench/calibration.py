@@ -4,14 +4,13 @@ confidences, mean confidence, and both reliability curves.
     flock /tmp/corral-cpu.lock python -m bench.calibration --cache /work/cache --time 60 \\
         --out bench/results/calibration.json
 
-MNIST / Fashion-MNIST: trained outputs already on disk ({cache}/{dataset}-{method}.npz with labels,
-raw confidences, embeddings, centres, truth; see bench/RESULTS.md "Calibration" for how they were
-made; `imc-weak` is a 1-3 epoch IMC-SwAV run), calibrated here as `cluster()` does, except that
-IMC's witnesses see its encoder features (the files hold no classifier probabilities). The 1,797
-sklearn digits (8 px, resized to 32 as the demo does) are trained fresh with `cluster()` under
-`--time`; their raw confidences come from the run's uncalibrated read-out, and for IMC the row
-also gives the ECE with witnesses on the encoder features (`ece_on_embeddings`). Toy: Gaussian
-blobs clustered by k-means. The known classes only score; core/calibration.py never sees them.
+MNIST / Fashion-MNIST: trained runs on disk ({cache}/{dataset}-{method}.npz, made by
+bench/calibration_cache.py: labels, raw confidences, embeddings, centres, truth), calibrated here
+as `cluster()` does. The 1,797 sklearn digits (8 px, resized to 32 as the demo does) are trained
+fresh with `cluster()` under `--time`; their raw confidences come from the run's uncalibrated
+read-out. Toy: Gaussian blobs clustered by k-means. Every row also gives, as `candidates`, the ECE
+of the previous round's witnesses and of a diagonal mixture on the same run. The known classes
+only score; core/calibration.py never sees them.
 """
 
 from __future__ import annotations
@@ -52,8 +51,11 @@ def cached(path: Path, dataset: str, method: str) -> dict[str, object]:
     saved = np.load(path)
     labels, raw = saved["labels"].astype(np.int64), saved["confidences"]
     started = time.perf_counter()
-    calibrated, _ = calibrate(raw, saved["embeddings"], labels, len(saved["centres"]))
-    return row(dataset, method, saved["truth"], labels, raw, calibrated, time.perf_counter() - started)
+    k = len(saved["centres"])
+    calibrated, _ = calibrate(raw, saved["embeddings"], labels, k)
+    scores = row(dataset, method, saved["truth"], labels, raw, calibrated, time.perf_counter() - started)
+    scores["run"] = {name: saved[name].item() for name in ("acc", "epochs", "seconds") if name in saved}
+    return scores | {"candidates": candidates(raw, saved["embeddings"], labels, k, saved["truth"])}
 
 
 def digits(method: str, budget_s: float) -> dict[str, object]:
@@ -68,10 +70,7 @@ def digits(method: str, budget_s: float) -> dict[str, object]:
     base = Predictor(result.predictor.readout.base, 32, 1, 10, method, result.predictor.precision)
     raw = base(resize(images[:, None], 32))[1]  # the images as the run saw them
     scores = row("digits", method, data.target, result.labels, raw, result.confidences, float("nan"))
-    if method == "imc":  # the alternative space for IMC's witnesses, as the cached rows use
-        on_embeddings, _ = calibrate(raw, result.embeddings, result.labels, 10)
-        scores["ece_on_embeddings"] = reliability(data.target, result.labels, on_embeddings).ece
-    return scores
+    return scores | {"candidates": candidates(raw, result.embeddings, result.labels, 10, data.target)}
 
 
 def toy(name: str, sizes: list[int], separation: float, dims: int, seed: int = 0) -> dict[str, object]:
@@ -84,34 +83,61 @@ def toy(name: str, sizes: list[int], separation: float, dims: int, seed: int = 0
     labels = fit.labels.numpy()
     started = time.perf_counter()
     calibrated, _ = calibrate(raw, x, labels, len(sizes))
-    return row(name, "kmeans", truth, labels, raw, calibrated, time.perf_counter() - started)
+    scores = row(name, "kmeans", truth, labels, raw, calibrated, time.perf_counter() - started)
+    return scores | {"candidates": candidates(raw, x, labels, len(sizes), truth)}
 
 
-def candidates(path: Path) -> dict[str, float]:
-    """ECE of label-free candidates not chosen, on one cached run (docs/algorithms.md §8): the
-    posterior of a diagonal Gaussian mixture fitted by EM from the run's labels, and the share of
-    the 20 nearest neighbours in the same cluster, each as is and mapped from the raw score."""
+def candidates(raw: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, k: int,
+               truth: np.ndarray) -> dict[str, float]:
+    """ECE of label-free calibrations not shipped, on the same run: the witnesses the previous
+    round shipped (k-means and spectral re-clusterings' agreement, mapped from the raw score), and
+    the mixture with diagonal covariances."""
     from sklearn.isotonic import IsotonicRegression
     from sklearn.mixture import GaussianMixture
-    from sklearn.neighbors import NearestNeighbors
 
-    from core.calibration import reduce
+    from core.calibration import reduce, sample
 
-    saved = np.load(path)
-    truth, labels, raw = saved["truth"], saved["labels"].astype(np.int64), saved["confidences"]
-    k = len(saved["centres"])
-    x = reduce(saved["embeddings"], 0).astype(np.float64)
-    means = np.stack([x[labels == c].mean(0) for c in range(k)])
-    mixture = GaussianMixture(k, covariance_type="diag", means_init=means, reg_covar=1e-4, random_state=0).fit(x)
-    posterior = mixture.predict_proba(x)[np.arange(len(labels)), labels]
-    near = NearestNeighbors(n_neighbors=21).fit(x).kneighbors(x, return_distance=False)[:, 1:]
-    agreement = (labels[near] == labels[:, None]).mean(1)
+    index = sample(len(labels), k, 0)
+    witnessed, agreement = witnesses(embeddings, labels, k, 0)
+    x, own = reduce(embeddings[index], 0).astype(np.float64), labels[index]
+    means = np.stack([x[own == c].mean(0) for c in np.unique(own)])
+    mixture = GaussianMixture(len(means), covariance_type="diag", means_init=means, reg_covar=1e-4, random_state=0)
+    diagonal = mixture.fit(x).predict_proba(x)[np.arange(len(own)), np.unique(own, return_inverse=True)[1]]
     scores = {}
-    for name, estimate in (("gmm_posterior", posterior), ("knn20_agreement", agreement)):
-        mapped = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(raw, estimate).predict(raw)
-        scores[name] = reliability(truth, labels, estimate).ece
-        scores[f"{name}_of_raw"] = reliability(truth, labels, mapped).ece
+    for name, at, estimate in (("witnesses", witnessed, agreement), ("mixture_diag", index, diagonal)):
+        mapped = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(raw[at], estimate).predict(raw)
+        scores[name] = reliability(truth, labels, mapped).ece
     return scores
+
+
+def witnesses(embeddings: np.ndarray, labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The previous round's estimate: (sample index, agreement), per image the mean over two kinds
+    of witness (3 k-means of 3 restarts; spectral on the 15-NN graph) of the share that, matched
+    one-to-one to the run's clusters, put it in its own cluster."""
+    import warnings
+
+    from sklearn.cluster import SpectralClustering
+
+    from core.assign import hungarian
+    from core.calibration import reduce, sample
+
+    def agrees(other: np.ndarray, own: np.ndarray) -> np.ndarray:
+        size = max(k, int(other.max()) + 1, int(own.max()) + 1)
+        table = np.zeros((size, size), dtype=np.int64)
+        np.add.at(table, (other, own), 1)
+        return (hungarian(table.max() - table)[other] == own).astype(np.float64)
+
+    index = sample(len(labels), k, seed)
+    x, own = torch.from_numpy(reduce(embeddings[index], seed)), labels[index]
+    generator = torch.Generator().manual_seed(seed)
+    kinds = [[agrees(kmeans(x, k, generator=generator, restarts=3).labels.numpy(), own) for _ in range(3)]]
+    if k <= 64:
+        spectral = SpectralClustering(k, affinity="nearest_neighbors", n_neighbors=15, assign_labels="cluster_qr",
+                                      random_state=seed)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Graph is not fully connected")
+            kinds.append([agrees(spectral.fit_predict(x.numpy()), own)])
+    return index, np.mean([np.mean(votes, axis=0) for votes in kinds], axis=0)
 
 
 def _listed(values: np.ndarray) -> list[float | None]:
@@ -127,10 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
     rows = []
     for dataset in ("mnist", "fashion-mnist"):
-        for method, name in [*((m, m) for m in METHODS), ("imc-weak", "imc-240s-3epochs-bad")]:
-            path = args.cache / f"{dataset}-{name}.npz"
+        for method in METHODS:
+            path = args.cache / f"{dataset}-{method}.npz"
             if path.exists():
-                rows.append(cached(path, dataset, method) | {"candidates": candidates(path)})
+                rows.append(cached(path, dataset, method))
     rows += [digits(method, args.time) for method in METHODS]
     rows += [toy("toy-separated-unequal", [500, 300, 200], 8.0, 16),
              toy("toy-overlapping", [300] * 10, 1.5, 16)]

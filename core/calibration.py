@@ -1,20 +1,19 @@
 """Calibrated confidence: each image's confidence estimates the probability that its cluster is
 right, fitted without labels from what the run itself has (docs/algorithms.md §8).
 
-1. Witnesses. On a sample of the run's embeddings (PCA to DIMS, rows normalised), other
-   clusterings of the same representation are fitted: WITNESSES k-means runs and, up to
-   SPECTRAL_MAX_K clusters, spectral clustering of the k-nearest-neighbour graph (another
-   inductive bias, so its disagreements are less correlated with k-means'). Each is matched
-   one-to-one to the run's clusters (Hungarian); an image's agreement is the mean, over the two
-   kinds, of the share that put it in its own cluster: a label-free estimate of P(its cluster
-   is right). Only the run's own outputs enter; known labels never do.
-2. The map. Agreement is regressed on the method's raw score (its softmax confidence)
+1. The mixture. On a sample of the run's embeddings (PCA to DIMS, rows normalised), a Gaussian
+   mixture with one component per cluster is fitted by EM, started from the run's clusters (each
+   component's mean at its cluster's). Where the run's clusters are the shape of the data, EM
+   stays there and the posterior of an image's own component is P(its cluster is right) under
+   that model; where they are not, EM moves and the posterior falls for the images it moves.
+   Only the run's own outputs enter; known labels never do.
+2. The map. The posterior is regressed on the method's raw score (its softmax confidence)
    isotonically, so confidence = f(raw score) with f non-decreasing: the ranking stays the
    method's, and new images need only the raw score (`CalibratedReadout`).
 
-What it cannot see: an error every clustering of the representation makes the same way (two
-classes merged into one compact group, one split in two). Where such errors dominate, confidence
-stays too high (bench/RESULTS.md, "Calibration").
+What it cannot see: an error the mixture makes the same way (two classes merged into one compact
+group, one split in two). Where such errors dominate, confidence stays too high (bench/RESULTS.md,
+"Calibration").
 """
 
 from __future__ import annotations
@@ -24,22 +23,26 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from sklearn.cluster import SpectralClustering
 from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.isotonic import IsotonicRegression
+from sklearn.mixture import GaussianMixture
 from torch import nn
 
-from core.assign import hungarian
-from core.kmeans import kmeans
 from core.predictor import Predictor
 
-SAMPLE = 5000  # images the witnesses cluster (at least PER_CLUSTER per cluster): seconds, not minutes
+SAMPLE = 5000  # images the mixture is fitted on (at least PER_CLUSTER per cluster): seconds, not minutes
 PER_CLUSTER = 20
-DIMS = 32  # PCA components the witnesses see
-WITNESSES = 3  # k-means witnesses, each the best of KMEANS_RESTARTS (one seeding can merge two blobs)
-KMEANS_RESTARTS = 3
-SPECTRAL_MAX_K = 64  # above this, the k eigenvectors cost more than the run's read-out
-NEIGHBOURS = 15  # of the spectral witness's graph
+DIMS = 32  # PCA components the mixture sees
+# Full covariances up to this k (they beat diagonal ones on 4 of the 6 MNIST/Fashion runs, and
+# BIC prefers them: bench/RESULTS.md, "Calibration"); above it k x DIMS^2 parameters from ~20
+# images a cluster are ill-posed and slow, so diagonal ones.
+FULL_MAX_K = 32
+# sample rows x components x EM iterations: up to k = 100 EM gets sklearn's 100 iterations; at
+# k = 1000 (20,000 rows) 10: 15 s on 2 cores, where 100 took 75 s (random 64-d rows)
+EM_COST = 50_000_000
+MIN_ITERATIONS = 10
+REG_COVAR = 1e-4  # added to the covariances' diagonal: a cluster of a few images stays invertible
 TIE_BREAK = 0.01  # weight of the raw score, so images on one plateau of f keep their order
 
 
@@ -56,25 +59,26 @@ class Calibration:
         return ((1 - TIE_BREAK) * mapped + TIE_BREAK * np.clip(raw, 0, 1)).astype(np.float32)
 
 
-def witnesses(embeddings: np.ndarray, labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sample index (S,), agreement (S,) in [0, 1]): per image, the mean over the two kinds of
-    witness (k-means, spectral) of the share that, matched one-to-one to the run's clusters, put
-    it in its own cluster."""
-    n = embeddings.shape[0]
-    rng = np.random.default_rng(seed)
+def sample(n: int, k: int, seed: int) -> np.ndarray:
+    """Sorted indices of the images calibration is fitted on: SAMPLE (or PER_CLUSTER * k) of n."""
     size = min(n, max(SAMPLE, PER_CLUSTER * k))
-    index = np.sort(rng.choice(n, size, replace=False)) if size < n else np.arange(n)
-    x, own = torch.from_numpy(reduce(embeddings[index], seed)), labels[index]
-    generator = torch.Generator().manual_seed(seed)
-    kinds = [[agrees(kmeans(x, k, generator=generator, restarts=KMEANS_RESTARTS).labels.numpy(), own, k)
-              for _ in range(WITNESSES)]]
-    if k <= SPECTRAL_MAX_K and size > NEIGHBOURS:
-        spectral = SpectralClustering(k, affinity="nearest_neighbors", n_neighbors=NEIGHBOURS,
-                                      assign_labels="cluster_qr", random_state=seed)
-        with warnings.catch_warnings():  # well-separated clusters leave the graph disconnected: fine here
-            warnings.filterwarnings("ignore", message="Graph is not fully connected")
-            kinds.append([agrees(spectral.fit_predict(x.numpy()), own, k)])
-    return index, np.mean([np.mean(votes, axis=0) for votes in kinds], axis=0)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False)) if size < n else np.arange(n)
+
+
+def posterior(embeddings: np.ndarray, labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sample index (S,), P(own cluster | embedding) (S,) in [0, 1]): the posterior of a Gaussian
+    mixture fitted by EM from the run's clusters, one component per cluster in the sample."""
+    index = sample(embeddings.shape[0], k, seed)
+    x, own = reduce(embeddings[index], seed).astype(np.float64), labels[index]
+    present, column = np.unique(own, return_inverse=True)  # components: the clusters the sample has
+    means = np.stack([x[column == c].mean(0) for c in range(len(present))])
+    iterations = int(np.clip(EM_COST // (len(x) * len(present)), MIN_ITERATIONS, 100))
+    mixture = GaussianMixture(len(present), covariance_type="full" if k <= FULL_MAX_K else "diag",
+                              means_init=means, reg_covar=REG_COVAR, max_iter=iterations, random_state=seed)
+    with warnings.catch_warnings():  # an EM stopped at `iterations` is still a fitted mixture
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        mixture.fit(x)
+    return index, mixture.predict_proba(x)[np.arange(len(own)), column]
 
 
 def reduce(x: np.ndarray, seed: int) -> np.ndarray:
@@ -85,20 +89,11 @@ def reduce(x: np.ndarray, seed: int) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
 
 
-def agrees(other: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
-    """(S,) 1.0 where `other`'s cluster, matched one-to-one to the run's, is the image's own."""
-    size = max(k, int(other.max()) + 1, int(own.max()) + 1)
-    table = np.zeros((size, size), dtype=np.int64)
-    np.add.at(table, (other, own), 1)
-    mapping = hungarian(table.max() - table)  # other's cluster -> run's cluster
-    return (mapping[other] == own).astype(np.float64)
-
-
 def fit(raw: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, k: int, seed: int = 0) -> Calibration:
-    """The map f from the run's raw scores (N,) to the witnesses' agreement, isotonic."""
-    index, agreement = witnesses(embeddings, labels, k, seed)
+    """The map f from the run's raw scores (N,) to the mixture's posterior of the own cluster, isotonic."""
+    index, estimate = posterior(embeddings, labels, k, seed)
     x = np.asarray(raw, dtype=np.float64)[index]
-    regression = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(x, agreement)
+    regression = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(x, estimate)
     return Calibration(regression.X_thresholds_.astype(np.float64), regression.y_thresholds_.astype(np.float64))
 
 

@@ -40,8 +40,8 @@ class ClusterResult:
     the cosines to the centres at temperature 0.1; IMC: the classifier's top probability;
     k-means: softmax of negative squared distances scaled by the mean distance to the own
     centre) mapped through a non-decreasing function fitted without labels
-    (core/calibration.py) to how often other clusterings of the same embeddings agree with the
-    image's cluster. It keeps the raw score's ranking.
+    (core/calibration.py) to the posterior of the image's own cluster under a Gaussian mixture
+    fitted by EM from the run's clusters on its embeddings. It keeps the raw score's ranking.
     """
 
     labels: np.ndarray  # (N,) int64 in [0, k)

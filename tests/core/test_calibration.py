@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.calibration import CalibratedReadout, Calibration, agrees, calibrate
+from core.calibration import FULL_MAX_K, CalibratedReadout, Calibration, calibrate, posterior
+from core.config import ClusterConfig
 from core.kmeans import distance_confidence, distance_scale, kmeans
 from core.metrics import expected_calibration_error
+from core.pipeline import cluster
 
 
 def blobs(sizes: list[int], separation: float, dims: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -53,10 +55,40 @@ def test_calibration_is_deterministic_per_seed():
     assert np.array_equal(calibrate(raw, x, labels, 3, seed=1)[0], calibrate(raw, x, labels, 3, seed=1)[0])
 
 
-def test_agreement_matches_clusters_up_to_renaming():
-    own = np.array([0, 0, 1, 1, 2, 2])
-    assert agrees(np.array([2, 2, 0, 0, 1, 1]), own, 3).tolist() == [1.0] * 6
-    assert agrees(np.array([2, 2, 0, 0, 1, 0]), own, 3).tolist() == [1, 1, 1, 1, 1, 0]
+def test_images_a_run_put_in_the_wrong_cluster_get_a_low_posterior():
+    x, truth = blobs([200] * 3, separation=12.0)
+    labels = truth.copy()
+    moved = np.flatnonzero(truth == 0)[:20]
+    labels[moved] = 1  # the run's mistake: 20 images of blob 0 in cluster 1
+    index, estimate = posterior(x, labels, 3, seed=0)
+    assert np.array_equal(index, np.arange(600))  # fewer images than the sample: all of them
+    assert estimate[moved].max() < 0.1 and np.delete(estimate, moved).min() > 0.9
+
+
+def test_posterior_does_not_depend_on_the_cluster_names():
+    x, _ = blobs([100] * 3, separation=3.0)
+    labels, _ = kmeans_run(x, 3)
+    renamed = np.array([2, 0, 1])[labels]
+    estimate, of_renamed = posterior(x, labels, 3, seed=0)[1], posterior(x, renamed, 3, seed=0)[1]
+    assert estimate == pytest.approx(of_renamed, abs=1e-3)  # EM stops at its tolerance, in its own order
+
+
+def test_many_clusters_use_the_diagonal_mixture_and_stay_calibrated():
+    k = FULL_MAX_K + 8
+    x, truth = blobs([30] * k, separation=12.0, dims=16)
+    labels, raw = kmeans_run(x, k)
+    confidences, _ = calibrate(raw, x, labels, k)
+    assert expected_calibration_error(truth, labels, confidences) <= 0.1
+
+
+def test_known_labels_never_reach_the_calibration():
+    images = np.random.default_rng(0).integers(0, 256, size=(60, 8, 8), dtype=np.uint8)
+    images[:30] //= 4  # two groups: dark and bright
+    truth = np.repeat([0, 1], 30)
+    config = ClusterConfig(k=2, method="kmeans")
+    scored = cluster(images, config, labels=truth, device="cpu")
+    blind = cluster(images, config, device="cpu")
+    assert np.array_equal(scored.confidences, blind.confidences) and scored.metrics is not None
 
 
 def test_a_single_knot_maps_every_score_to_its_value():
