@@ -15,6 +15,11 @@ it succeeded. Reported per k: the end-to-end seconds (POST sent to succeeded see
 write) and the rest (claim, commit, the last poll). The source's clusters are compared before
 and after; one prediction is made with the last re-clustering's model.
 
+Quality (`--quality`, on by default), in this process on the trained job's embeddings: per k, the
+service's fit (`core.recluster.fit_kmeans`: restarts on a sample, a few Lloyd steps on all rows)
+against full k-means (the same restarts, Lloyd to convergence on all rows), seed 0: seconds,
+inertia on all rows, NMI/ACC against the class folders, and the NMI between the two partitions.
+
     flock /tmp/corral-cpu.lock python -m bench.recluster --out bench/results/recluster.json
 """
 
@@ -215,6 +220,47 @@ def measure(folder: Path, database_url: str, job_id: str, ks: tuple[int, ...]) -
         service.stop()
 
 
+def quality(trained_dir: Path, trained: dict[str, Any], ks: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The service's sampled fit against full k-means on the trained job's embeddings, per k."""
+    import numpy as np
+    import torch
+
+    from core.data.images import folder_labels
+    from core.kmeans import KMeansFit, kmeans
+    from core.metrics import accuracy, nmi
+    from core.recluster import RESTARTS, TOL, fit_kmeans, normalise
+    from store import blobs, results
+    from store.db import make_engine, make_sessionmaker
+    from store.settings import Settings
+
+    settings = Settings(data_dir=trained_dir.resolve())
+    source = uuid.UUID(trained["id"])
+    with make_sessionmaker(make_engine(settings))() as session:
+        truth, _ = folder_labels([image.path for image in results.clustered_images(session, job_id=source)])
+    assert truth is not None
+    unit = normalise(torch.from_numpy(np.load(blobs.embeddings_path(settings, source))))
+
+    def full(x: torch.Tensor, k: int, generator: torch.Generator) -> KMeansFit:
+        return kmeans(x, k, generator=generator, restarts=RESTARTS, tol=TOL)
+
+    rows = []
+    for k in ks:
+        fits = {}
+        for name, fit in (("sampled", fit_kmeans), ("full", full)):
+            started = time.perf_counter()
+            done = fit(unit, k, torch.Generator().manual_seed(0))
+            fits[name] = (time.perf_counter() - started, done.inertia, done.labels.numpy())
+        row: dict[str, Any] = {"k": k}
+        for name, (seconds, inertia, labels) in fits.items():
+            row[name] = {"s": round(seconds, 3), "inertia": round(inertia, 2), "nmi": round(nmi(truth, labels), 4),
+                         "acc": round(accuracy(truth, labels), 4)}
+        row["inertia_ratio"] = round(fits["sampled"][1] / fits["full"][1], 4)
+        row["nmi_sampled_vs_full"] = round(nmi(fits["full"][2], fits["sampled"][2]), 4)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench/results/recluster.json"))
@@ -223,6 +269,8 @@ def main() -> None:
     parser.add_argument("--retrain", action="store_true", help="train the 70,000-image job again")
     parser.add_argument("--images", type=int, default=N_IMAGES, help="the first N MNIST images (a dry run)")
     parser.add_argument("--method", default=TRAIN["method"], help="the trained job's method (a dry run)")
+    parser.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,
+                        help="score the sampled k-means fit against full k-means at each k (in this process)")
     args = parser.parse_args()
     archive = mnist_zip(args.images)
     params = TRAIN | {"method": args.method, "name": f"mnist-{args.images}-{args.method}-1ep"}
@@ -234,6 +282,8 @@ def main() -> None:
         "images": trained["counts"]["clustered"],
         "backends": {},
     }
+    if args.quality:
+        report["quality"] = quality(trained_dir, trained, tuple(args.ks))
     if "sqlite" in args.backends:
         url = f"sqlite:///{(trained_dir / 'corral.db').resolve()}"
         report["backends"]["sqlite"] = measure(trained_dir, url, trained["id"], tuple(args.ks))

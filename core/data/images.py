@@ -103,9 +103,17 @@ def decode_sources(
     return ImageSet(images, paths, sorted(skipped), labels, class_names)
 
 
+def top_folder(path: str) -> str | None:
+    """The first component of a path with more than one (PurePosixPath's parts), else None."""
+    parts = path.split("/")
+    if "" in parts or "." in parts:  # a root, "//" or "./": only here do str.split and PurePosixPath differ
+        parts = list(PurePosixPath(path).parts)
+    return parts[0] if len(parts) > 1 else None
+
+
 def folder_labels(paths: Sequence[str]) -> tuple[np.ndarray | None, list[str]]:
     """Class per image when every image sits under a top-level folder and there are >= 2 folders."""
-    tops = [PurePosixPath(p).parts[0] if len(PurePosixPath(p).parts) > 1 else None for p in paths]
+    tops = [top_folder(p) for p in paths]
     if not tops or any(t is None for t in tops):
         return None, []
     names = sorted({t for t in tops if t is not None})

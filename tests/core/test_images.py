@@ -1,13 +1,13 @@
 import io
 import tarfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from core.data.images import auto_image_size, read_images
+from core.data.images import auto_image_size, folder_labels, read_images, top_folder
 
 
 def png(array: np.ndarray, fmt: str = "PNG", **save) -> bytes:
@@ -99,3 +99,17 @@ def test_gif_gives_its_first_frame(tmp_path: Path):
 def test_missing_path_is_a_value_error(tmp_path: Path):
     with pytest.raises(ValueError, match="does not exist"):
         read_images(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("path", ["cat/1.png", "cat/sub/1.png", "1.png", "./cat/1.png", "cat//1.png", "/cat/1.png",
+                                  "cat/./1.png", "cat/", "./1.png", "//cat/1.png", "../cat/1.png", ""])
+def test_top_folder_is_pure_posix_paths_first_part(path: str):
+    parts = PurePosixPath(path).parts
+    assert top_folder(path) == (parts[0] if len(parts) > 1 else None)
+
+
+def test_folder_labels_number_the_sorted_top_folders():
+    labels, names = folder_labels(["dog/2.png", "cat/1.png", "./dog/3.png", "cat/x/4.png"])
+    assert names == ["cat", "dog"] and labels is not None and labels.tolist() == [1, 0, 1, 0]
+    assert folder_labels(["cat/1.png", "2.png"]) == (None, [])  # one image outside every folder
+    assert folder_labels(["cat/1.png", "cat/2.png"]) == (None, [])  # a single class

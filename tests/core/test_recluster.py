@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
+import torch
 
 from core.metrics import nmi
-from core.recluster import recluster
+from core.recluster import FIT_PER_CLUSTER, FIT_SAMPLE, fit_kmeans, normalise, recluster
 
 
 def blobs(k: int = 4, per: int = 50, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -50,3 +51,35 @@ def test_recluster_refuses_mismatched_labels() -> None:
     x, truth = blobs()
     with pytest.raises(ValueError, match="labels has 3 entries"):
         recluster(x, 4, labels=truth[:3])
+
+
+def test_sampled_fit_labels_every_row_and_recovers_blobs() -> None:
+    x, truth = blobs(k=4, per=500)  # 2,000 rows, a sample of 400: the sampled path
+    unit = normalise(torch.from_numpy(x))
+    fit = fit_kmeans(unit, 4, torch.Generator().manual_seed(0), sample_size=400)
+    assert fit.labels.shape == (2000,) and fit.distances.shape == (2000, 4)
+    assert set(fit.labels.tolist()) == {0, 1, 2, 3}
+    assert nmi(fit.labels.numpy(), truth) == pytest.approx(1.0)
+    assert torch.equal(fit.labels, fit.distances.argmin(1))  # each row at its nearest final centre
+
+
+def test_sampled_fit_is_deterministic_per_seed() -> None:
+    unit = normalise(torch.from_numpy(blobs(k=6, per=300, seed=1)[0]))
+    first, again = (fit_kmeans(unit, 6, torch.Generator().manual_seed(5), sample_size=300) for _ in range(2))
+    assert torch.equal(first.labels, again.labels) and torch.equal(first.centres, again.centres)
+
+
+def test_sampled_fit_widens_a_sample_too_small_for_k() -> None:
+    """A sample of 2 rows cannot hold 4 clusters: it is widened to FIT_PER_CLUSTER rows per cluster."""
+    x, truth = blobs(k=4, per=FIT_PER_CLUSTER * 2)
+    fit = fit_kmeans(normalise(torch.from_numpy(x)), 4, torch.Generator().manual_seed(0), sample_size=2)
+    assert nmi(fit.labels.numpy(), truth) == pytest.approx(1.0)
+
+
+def test_recluster_above_the_sample_size_labels_every_image() -> None:
+    x, truth = blobs(k=5, per=FIT_SAMPLE // 5 + 400, d=8)  # more rows than FIT_SAMPLE
+    result = recluster(x, 5, seed=2, labels=truth)
+    assert result.labels.shape == (len(truth),) and set(result.labels.tolist()) == set(range(5))
+    assert result.confidences.shape == (len(truth),) and np.isfinite(result.confidences).all()
+    assert result.metrics is not None and result.metrics["nmi"] == pytest.approx(1.0)
+    assert np.array_equal(recluster(x, 5, seed=2).labels, result.labels)
