@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.calibration import FULL_MAX_K, CalibratedReadout, Calibration, calibrate, posterior
+from core.calibration import DIMS, FULL_MAX_K, CalibratedReadout, Calibration, calibrate, posterior, reduce
 from core.config import ClusterConfig
 from core.kmeans import distance_confidence, distance_scale, kmeans
 from core.metrics import expected_calibration_error
@@ -115,3 +115,14 @@ def test_calibrated_readout_maps_the_base_confidence_and_embeds_as_the_base():
     labels, confidences = readout(torch.zeros(3, 1, 4, 4, dtype=torch.uint8))
     assert labels.tolist() == [0, 0, 0] and confidences.numpy() == pytest.approx([0.99 * 0.5 + 0.005] * 3)
     assert readout.embed(torch.zeros(3, 1, 4, 4)).shape == (3, 2)
+
+
+@pytest.mark.parametrize(("n", "d"), [(30, 3072), (12, 768), (500, 768), (500, 16)])
+def test_the_mixture_sees_no_more_dimensions_than_rows_or_dims(n, d):
+    # a tiny job of wide pixels kept all of them (3,072) and fitted full covariances of that size
+    x = np.random.default_rng(0).random((n, d))
+    reduced = reduce(x, seed=0)
+    assert reduced.shape == (n, min(d, DIMS, n))
+    assert np.allclose(np.linalg.norm(reduced, axis=1), 1, atol=1e-5)
+    confidences, _ = calibrate(np.random.default_rng(1).random(n), x, np.arange(n) % 3, 3)
+    assert confidences.shape == (n,) and np.all((confidences >= 0) & (confidences <= 1))
