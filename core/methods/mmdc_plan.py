@@ -65,7 +65,7 @@ def make_plan(config: ClusterConfig, n: int, channels: int, size: int) -> Plan:
     epochs = config.epochs or DEFAULT_EPOCHS
     batch_size = min(config.batch_size or max(MIN_BATCH, min(BATCH, n // MIN_STEPS)), n)
     default_crops = COLOUR_CROPS if colour else GREY_CROPS
-    short = epochs * math.ceil(n / batch_size) < SHORT_STEPS
+    short = not colour and epochs * math.ceil(n / batch_size) < SHORT_STEPS
     schedule = COLOUR_SCHEDULE if colour else SHORT_GREY_SCHEDULE if short else GREY_SCHEDULE
     return Plan(
         epochs=epochs,
@@ -76,7 +76,7 @@ def make_plan(config: ClusterConfig, n: int, channels: int, size: int) -> Plan:
         flip=p.flip if p.flip is not None else colour,
         jitter=p.color_jitter if p.color_jitter is not None else colour,
         rotate_degrees=p.rotate_degrees if p.rotate_degrees is not None else (0.0 if colour else 25.0),
-        refine_epoch=_refine_epoch(p.refine_start, schedule, epochs, short and not colour),
+        refine_epoch=_refine_epoch(p.refine_start, schedule, epochs, short),
         decay_epoch=round(_given(p.lr_decay_at, schedule.lr_decay_at) * epochs),
         decay_gamma=_given(p.lr_decay_gamma, schedule.lr_decay_gamma),
     )
