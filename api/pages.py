@@ -5,6 +5,7 @@ Templates get plain values; Jinja2's autoescaping escapes every name on the way 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -163,7 +164,8 @@ def k_choice_plot(selection: dict[str, Any] | None) -> KChoicePlot | None:
     """Plot data for `Job.k_selection` (core's KChoice.to_dict()); None without one."""
     if not selection or not isinstance(selection.get("scores"), list) or not selection["scores"]:
         return None
-    scores = sorted((int(s["k"]), float(s["score"])) for s in selection["scores"])
+    # a k that could not be scored is stored as null (core.kselect._json_float): drawn at the floor
+    scores = sorted((int(s["k"]), math.nan if s["score"] is None else float(s["score"])) for s in selection["scores"])
     ks = [k for k, _ in scores]
     values = [v for _, v in scores if np.isfinite(v)] or [0.0]
     low, high = min(values), max(values)

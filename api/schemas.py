@@ -163,7 +163,8 @@ class Metrics(BaseModel):
 
 class KScore(BaseModel):
     k: int
-    score: float = Field(description="the criterion's value at this k")
+    score: float | None = Field(description="the criterion's value at this k; null where the k could not be "
+                                "scored (its partition left a cluster empty or had one cluster)")
 
 
 class KSelection(BaseModel):

@@ -7,7 +7,9 @@
 MNIST and Fashion-MNIST come from ../shared/datasets at 32 px (bench/datasets.py, the working size
 an upload of them gets); the digits are `corral demo`'s 1,797 PNGs, decoded as the service does.
 NMI at k = 10 re-clusters the same run's embeddings (core/recluster.py), so the two numbers share
-one trained network. --save writes the run's embeddings and classes to an .npz for bench/k_criteria.py.
+one trained network; for IMC-SwAV, which trains at k = 10, `nmi_classifier_at_10` is also its own
+classifier's NMI: the result the same run gives when k = 10 is given. --save writes the run's
+embeddings and classes to an .npz for bench/k_criteria.py.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import normalized_mutual_info_score
 
 from core.config import ClusterConfig
 from core.pipeline import cluster
 from core.recluster import recluster
+from core.result import ClusterResult
 
 
 def images_of(name: str, data: Path, subset: int | None) -> tuple[torch.Tensor, np.ndarray]:
@@ -45,12 +50,41 @@ def images_of(name: str, data: Path, subset: int | None) -> tuple[torch.Tensor, 
     return (images[:subset], labels[:subset]) if subset else (images, labels)
 
 
+def imc_readout(result: ClusterResult) -> Any:
+    """The run's IMCReadout under its calibration and head wrappers; None for other methods."""
+    readout = None if result.predictor is None else result.predictor.readout
+    while readout is not None and not hasattr(readout, "codes"):
+        readout = getattr(readout, "base", None)
+    return readout
+
+
+def codes_of(result: ClusterResult) -> dict[str, np.ndarray]:
+    """IMC-SwAV's prototype distributions and classifier probabilities of the run's images, to save."""
+    readout = imc_readout(result)
+    if readout is None:
+        return {}
+    with torch.no_grad():
+        features = torch.from_numpy(result.embeddings).to(next(readout.parameters()).device)
+        return {"prototype_scores": readout.net.scores(features).float().cpu().numpy().astype(np.float16),
+                "probabilities": torch.softmax(readout.net.classifier(features).float(), 1).cpu().numpy()}
+
+
+def trained_classifier_nmi(result: ClusterResult, labels: np.ndarray) -> float | None:
+    """NMI of the run's own classifier (trained at k = 10) where the read-out has one (IMC-SwAV)."""
+    readout = imc_readout(result)
+    if readout is None:
+        return None
+    with torch.no_grad():
+        logits = readout.net.classifier(torch.from_numpy(result.embeddings).to(next(readout.parameters()).device))
+    return float(normalized_mutual_info_score(labels, logits.argmax(1).cpu().numpy()))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--set", choices=("mnist", "fashion-mnist", "digits"), default="digits")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
     parser.add_argument("--subset", type=int, default=None, help="the first N training images")
-    parser.add_argument("--method", default="imc")
+    parser.add_argument("--method", default="auto", help="the default method unless given")
     parser.add_argument("--time", type=float, default=None, help="time_budget_s")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--k-max", type=int, default=50)
@@ -66,14 +100,19 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - started
     assert result.k_choice is not None and result.metrics is not None
     at_ten = recluster(result.embeddings, 10, seed=args.seed, labels=labels).metrics or {}
+    classifier = trained_classifier_nmi(result, labels)
     if args.save is not None:
-        np.savez(args.save, embeddings=result.embeddings, truth=labels, labels=result.labels)
+        saved = {"embeddings": result.embeddings, "truth": labels, "labels": result.labels} | codes_of(result)
+        np.savez(args.save, **saved)  # type: ignore[arg-type]
     report = {
         "set": args.set, "n": len(labels), "method": args.method, "time_budget_s": args.time,
         "epochs": len(result.history), "k_max": result.k_choice.k_max, "criterion": result.k_choice.criterion,
         "chosen_k": result.k_choice.k, "nmi": result.metrics["nmi"], "acc": result.metrics["acc"],
         "ari": result.metrics["ari"], "nmi_at_10": at_ten["nmi"], "acc_at_10": at_ten["acc"],
         "nmi_ratio": result.metrics["nmi"] / at_ten["nmi"], "seconds": round(wall, 1),
+        # IMC-SwAV trains at k = 10 (core/kselect.TRAINING_K): its own classifier is the run at k = 10
+        "nmi_classifier_at_10": classifier,
+        "nmi_ratio_classifier": None if classifier is None else result.metrics["nmi"] / classifier,
         "choose_k_s": round(result.timings.get("choose_k", float("nan")), 2),
         "load_before": load_before, "load_after": os.getloadavg()[0],
         "scores": result.k_choice.to_dict()["scores"],

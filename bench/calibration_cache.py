@@ -7,7 +7,8 @@ images of MNIST or Fashion-MNIST, saved as {out}/{dataset}-{method}.npz (outside
 Each file holds what calibration needs and nothing it would not have in the service: labels,
 the method's raw (uncalibrated) confidences, embeddings, centres; plus the known classes
 (`truth`, only to score), the run's ACC/epochs/seconds and, for IMC-SwAV, the classifier's
-probabilities (`probabilities`, (N, k)) beside its encoder features (`embeddings`).
+probabilities (`probabilities`, (N, k)) and its prototype cosines (`prototype_scores`, (N, K'))
+beside its encoder features (`embeddings`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def make(dataset: str, method: str, budget_s: float, root: Path) -> dict[str, np
              "epochs": np.int64(result.config.epochs or 0), "seconds": np.float64(seconds)}
     if method == "imc":
         with torch.no_grad():
-            logits = base.net.classifier(torch.from_numpy(result.embeddings))
+            features = torch.from_numpy(result.embeddings)
+            logits = base.net.classifier(features)
+            saved["prototype_scores"] = base.net.scores(features).float().numpy().astype(np.float16)
         saved["probabilities"] = torch.softmax(logits.float(), 1).numpy()
     return saved
 

@@ -4,6 +4,7 @@ Each k is one k-means of a random sample of the (L2-normalised) embeddings, scor
 criterion; the best-scoring k wins. Only the sample is clustered per k, so the choice costs the
 same for 10,000 and 70,000 images; the final labels come from one k-means on all of them at the
 chosen k (core/recluster.py). docs/algorithms.md §7 gives the criterion and its measurement.
+IMC-SwAV's runs choose with classifier heads instead (core/kheads.py), scored the same way.
 """
 
 from __future__ import annotations

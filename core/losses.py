@@ -36,7 +36,11 @@ def mutual_information_loss(
     With β = 1 this is exactly −I(Y; U). Logs are clamped at `floor` (the reference does not
     clamp and turns an underflowed joint cell into NaN, algorithms.md §4 IMC 2).
     """
-    joint = p_y.float().T @ p_u.float()  # (C, K')
+    return joint_information_loss(p_y.float().T @ p_u.float(), beta, floor)  # joint (C, K')
+
+
+def joint_information_loss(joint: torch.Tensor, beta: float = 4.0, floor: float = LOG_FLOOR) -> torch.Tensor:
+    """H(Y|U) − β·H(Y) of an unnormalised joint (C, K') of Y and U, as mutual_information_loss."""
     joint = joint / joint.sum()
     marginal_y = joint.sum(1, keepdim=True)  # (C, 1)
     marginal_u = joint.sum(0, keepdim=True)  # (1, K')

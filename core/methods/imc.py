@@ -103,15 +103,21 @@ class IMCReadout(nn.Module):
     """The trained encoder and classifier with the set's normalisation: uint8 images ->
     (classifier argmax, top probability), as `readout` on the full images."""
 
-    def __init__(self, net: IMCNet, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, net: IMCNet, mean: torch.Tensor, std: torch.Tensor, temperature: float):
         super().__init__()
         self.net = net
+        self.temperature = temperature  # of the prototype softmax the classifier was trained against
         self.register_buffer("mean", mean.detach().clone())  # (C,)
         self.register_buffer("std", std.detach().clone())  # (C,)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The encoder features (N, F): the run's `embeddings` for its own images."""
         return self.net.encoder(channels_last(augment.normalise(augment.to_unit(images), self.mean, self.std)))
+
+    def codes(self, features: torch.Tensor) -> torch.Tensor:
+        """The prototype distributions U (N, K') of encoder features: what the classifier informs
+        on (Eq. 6), so heads for other k can be fitted to them (core/kheads.py)."""
+        return F.softmax(self.net.scores(features).float() / self.temperature, dim=1)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.embed(images)  # (N, F)
@@ -299,6 +305,6 @@ def train_imc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> M
                   labels=lambda: readout(state.model, images, views, plan.batch_size, config.precision)[0])
     labels, confidences, embeddings = readout(state.model, images, views, plan.batch_size, config.precision)
     centres = centres_of(embeddings, labels, config.k)
-    predictor = IMCReadout(state.model, views.mean, views.std)
+    predictor = IMCReadout(state.model, views.mean, views.std, config.imc.temperature)
     return MethodOutput(labels, confidences, embeddings, centres, state.history, resumed_from,
                         state.train_seconds, predictor, resolve_precision(ctx.device, config.precision))

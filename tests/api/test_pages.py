@@ -43,3 +43,15 @@ def test_confusion_counts_class_folders_against_clusters_only_with_folders() -> 
     table = pages.confusion(rows([0, 0, 1, 1], ["a/1.png", "a/2.png", "b/1.png", "a/3.png"]), k=2)
     assert table is not None and table.classes == ["a", "b"] and table.counts == [[2, 1], [0, 1]]
     assert pages.confusion(rows([0, 1], ["a/1.png", "2.png"]), k=2) is None
+
+
+def test_k_choice_plot_and_schema_take_a_k_that_could_not_be_scored() -> None:
+    from api.schemas import KSelection
+
+    selection = {"k": 3, "criterion": "silhouette of classifier heads", "k_max": 4,
+                 "scores": [{"k": 2, "score": 0.2}, {"k": 3, "score": 0.5}, {"k": 4, "score": None}]}
+    plot = pages.k_choice_plot(selection)
+    assert plot is not None and (plot.low, plot.high) == (0.2, 0.5)
+    assert [point.chosen for point in plot.points] == [False, True, False]
+    assert plot.points[2].y == plot.points[0].y  # unscored: drawn at the floor, as -inf scores are
+    assert KSelection.model_validate(selection).scores[2].score is None
