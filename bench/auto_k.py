@@ -88,13 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time", type=float, default=None, help="time_budget_s")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--k-max", type=int, default=50)
+    parser.add_argument("--image-size", type=int, default=None, help="the working size (default: the upload's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", type=Path, default=None, help="write embeddings and truth here (.npz)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     images, labels = images_of(args.set, args.data, args.subset)
     config = ClusterConfig(method=args.method, time_budget_s=args.time, epochs=args.epochs, k_max=args.k_max,
-                           seed=args.seed)
+                           seed=args.seed, image_size=args.image_size)
     load_before, started = os.getloadavg()[0], time.perf_counter()
     result = cluster(images, config, labels=labels)
     wall = time.perf_counter() - started
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         np.savez(args.save, **saved)  # type: ignore[arg-type]
     report = {
         "set": args.set, "n": len(labels), "method": args.method, "time_budget_s": args.time,
+        "image_size": args.image_size,
         "epochs": len(result.history), "k_max": result.k_choice.k_max, "criterion": result.k_choice.criterion,
         "chosen_k": result.k_choice.k, "nmi": result.metrics["nmi"], "acc": result.metrics["acc"],
         "ari": result.metrics["ari"], "nmi_at_10": at_ten["nmi"], "acc_at_10": at_ten["acc"],
