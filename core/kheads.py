@@ -29,6 +29,7 @@ from torch import nn
 from core.errors import InvalidInput
 from core.kselect import SAMPLE, KChoice
 from core.losses import joint_information_loss
+from core.methods.imc import centres_of
 
 CRITERION = "silhouette of classifier heads"
 RESTARTS = 3
@@ -162,8 +163,7 @@ def choose_k_by_heads(features: np.ndarray | torch.Tensor, codes: np.ndarray | t
     k = ks[index]
     column = sum(ks[:index]) * RESTARTS + best[index] * k
     confidences, labels = picked[index].max(1)
-    counts = torch.bincount(labels, minlength=k).clamp_min(1)[:, None]
-    centres = torch.zeros(k, x.shape[1]).index_add_(0, labels, x) / counts
+    centres = centres_of(x, labels, k)
     return HeadChoice(KChoice(k=k, criterion=CRITERION, k_max=ks[-1], scores=scores),
                       labels.numpy().astype(np.int64), confidences.numpy().astype(np.float32),
                       centres.numpy().astype(np.float32), ChosenHead(heads, column, k))
