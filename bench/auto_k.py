@@ -4,11 +4,14 @@
     python -m bench.auto_k --set fashion-mnist --subset 10000 --time 240 --out ...
     python -m bench.auto_k --set digits --time 60 --out bench/results/auto_k-digits-imc.json
 
-MNIST and Fashion-MNIST come from ../shared/datasets at 32 px (bench/datasets.py, the working size
-an upload of them gets); the digits are `corral demo`'s 1,797 PNGs, decoded as the service does.
-NMI at k = 10 re-clusters the same run's embeddings (core/recluster.py), so the two numbers share
-one trained network; for IMC-SwAV, which trains at k = 10, `nmi_classifier_at_10` is also its own
-classifier's NMI: the result the same run gives when k = 10 is given. --save writes the run's
+MNIST and Fashion-MNIST come from ../shared/datasets at their own 28 px (bench/datasets.py, the
+working size an upload of them gets, core.data.images.auto_image_size; --image-size resizes);
+the digits are `corral demo`'s 1,797 PNGs, decoded as the service does.
+NMI at k = 10 re-clusters the same run (core/recluster.py, as the service re-clusters a finished
+job: IMC-SwAV, trained at 10, by its classifier, others by k-means; `nmi_kmeans_at_10` is k-means
+for every method), so the numbers share one trained network; for IMC-SwAV, which trains at k = 10,
+`nmi_classifier_at_10` is also its own classifier's NMI: the result the same run gives when
+k = 10 is given. --save writes the run's
 embeddings and classes to an .npz for bench/k_criteria.py.
 """
 
@@ -27,6 +30,7 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 
 from core.config import ClusterConfig
+from core.kheads import imc_readout_of
 from core.pipeline import cluster
 from core.recluster import recluster
 from core.result import ClusterResult
@@ -46,16 +50,13 @@ def images_of(name: str, data: Path, subset: int | None) -> tuple[torch.Tensor, 
     else:
         from bench.datasets import load
 
-        images, labels = load(name, data, split="train")
+        images, labels = load(name, data, split="train", native=True)  # 28 px, as an upload of them
     return (images[:subset], labels[:subset]) if subset else (images, labels)
 
 
 def imc_readout(result: ClusterResult) -> Any:
     """The run's IMCReadout under its calibration and head wrappers; None for other methods."""
-    readout = None if result.predictor is None else result.predictor.readout
-    while readout is not None and not hasattr(readout, "codes"):
-        readout = getattr(readout, "base", None)
-    return readout
+    return imc_readout_of(None if result.predictor is None else result.predictor.readout)
 
 
 def codes_of(result: ClusterResult) -> dict[str, np.ndarray]:
@@ -100,7 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     result = cluster(images, config, labels=labels)
     wall = time.perf_counter() - started
     assert result.k_choice is not None and result.metrics is not None
-    at_ten = recluster(result.embeddings, 10, seed=args.seed, labels=labels).metrics or {}
+    # k = 10 as the service re-clusters the finished job (IMC-SwAV: its classifier), and by k-means
+    readout = None if result.predictor is None else result.predictor.readout
+    at_ten = recluster(result.embeddings, 10, seed=args.seed, labels=labels, readout=readout,
+                       beta=config.imc.beta).metrics or {}
+    kmeans_at_ten = recluster(result.embeddings, 10, seed=args.seed, labels=labels).metrics or {}
     classifier = trained_classifier_nmi(result, labels)
     if args.save is not None:
         saved = {"embeddings": result.embeddings, "truth": labels, "labels": result.labels} | codes_of(result)
@@ -112,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         "chosen_k": result.k_choice.k, "nmi": result.metrics["nmi"], "acc": result.metrics["acc"],
         "ari": result.metrics["ari"], "nmi_at_10": at_ten["nmi"], "acc_at_10": at_ten["acc"],
         "nmi_ratio": result.metrics["nmi"] / at_ten["nmi"], "seconds": round(wall, 1),
+        "nmi_kmeans_at_10": kmeans_at_ten["nmi"],
+        "nmi_ratio_kmeans": result.metrics["nmi"] / kmeans_at_ten["nmi"],
         # IMC-SwAV trains at k = 10 (core/kselect.TRAINING_K): its own classifier is the run at k = 10
         "nmi_classifier_at_10": classifier,
         "nmi_ratio_classifier": None if classifier is None else result.metrics["nmi"] / classifier,

@@ -23,15 +23,18 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def load(name: str, root: Path, split: str = "all") -> tuple[torch.Tensor, np.ndarray]:
-    """uint8 images (N, C, 32, 32) and labels; split: all (train+test union), train or test."""
+def load(name: str, root: Path, split: str = "all", *, native: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+    """uint8 images (N, C, 32, 32) and labels; split: all (train+test union), train or test.
+    native: MNIST-like sets at their own 28 px, as an upload of them is decoded."""
     if name in IDX_SETS:
         folder = root / IDX_SETS[name]
         parts = {"train": "train", "test": "t10k"}
         chosen = ["train", "test"] if split == "all" else [split]
         images = np.concatenate([read_idx(folder / f"{parts[s]}-images-idx3-ubyte.gz") for s in chosen])
         labels = np.concatenate([read_idx(folder / f"{parts[s]}-labels-idx1-ubyte.gz") for s in chosen])
-        # 28 -> 32 px as the reference MMDC input size (the intake does the same for uploads)
+        if native:  # core.data.images.auto_image_size keeps 28 px
+            return torch.from_numpy(images.copy())[:, None], labels.astype(np.int64)
+        # 28 -> 32 px, the reference MMDC input size (uploads of 28 px images stay 28 px)
         tensor = F.interpolate(torch.from_numpy(images)[:, None].float(), size=(32, 32), mode="bilinear",
                                antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
         return tensor, labels.astype(np.int64)

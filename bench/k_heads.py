@@ -4,9 +4,11 @@ heads (core/kheads.py), on the same trained network, over seeds; no training her
     flock /tmp/corral-cpu.lock python -m bench.k_heads /work/cache/mnist-imc.npz \\
         /work/cache/fashion-mnist-imc.npz --seeds 0 1 2 --out bench/results/k_heads-cached-round10.json
 
-Each .npz is written by bench/calibration_cache.py (embeddings, prototype_scores, probabilities,
-truth). The prototype distributions are the softmax of the cosines at IMC's temperature, as
-`IMCReadout.codes` gives them in a job. The known classes only score the choices.
+Each .npz is written by bench/calibration_cache.py or `bench/auto_k.py --save` (embeddings,
+prototype_scores, probabilities, truth). The prototype distributions are the softmax of the
+cosines at IMC's temperature, as `IMCReadout.codes` gives them in a job; the saved classifier
+probabilities are the training k's candidate, as the run's classifier is in a job. The known
+classes only score the choices.
 """
 
 from __future__ import annotations
@@ -16,15 +18,31 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
+from torch import nn
 
 from core.config import IMCParams
-from core.kheads import choose_k_by_heads
+from core.kheads import ClassifierHead, choose_k_by_heads
 from core.kselect import choose_k
 from core.recluster import recluster
+
+
+class SavedClassifier(nn.Module):
+    """The run's trained classifier as a job passes it (`ClassifierHead`), from its saved
+    probabilities of these same features (rows in the same order)."""
+
+    def __init__(self, probabilities: np.ndarray):
+        super().__init__()
+        self.saved = torch.from_numpy(probabilities).float()
+        self.k = self.saved.shape[1]
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        assert features.shape[0] == self.saved.shape[0]
+        return self.saved
 
 
 def scored(path: Path, seed: int, k_max: int) -> dict[str, object]:
@@ -32,8 +50,9 @@ def scored(path: Path, seed: int, k_max: int) -> dict[str, object]:
     truth, features = saved["truth"], saved["embeddings"]
     params = IMCParams()
     codes = torch.softmax(torch.from_numpy(saved["prototype_scores"].astype(np.float32)) / params.temperature, 1)
+    trained = cast(ClassifierHead, SavedClassifier(saved["probabilities"]))
     started = time.perf_counter()
-    heads = choose_k_by_heads(features, codes, k_max, beta=params.beta, seed=seed)
+    heads = choose_k_by_heads(features, codes, k_max, beta=params.beta, seed=seed, trained=trained)
     heads_s = time.perf_counter() - started
     started = time.perf_counter()
     partitions = choose_k(features, k_max, seed=seed)
@@ -41,10 +60,12 @@ def scored(path: Path, seed: int, k_max: int) -> dict[str, object]:
     kmeans_s = time.perf_counter() - started
     classifier = normalized_mutual_info_score(truth, saved["probabilities"].argmax(1))
     kmeans_at_10 = normalized_mutual_info_score(truth, recluster(features, 10, seed=seed).labels)
+    finite = [(k, score) for k, score in heads.choice.scores if np.isfinite(score)]
     return {
         "run": path.stem, "seed": seed, "images": len(truth), "classifier_nmi_at_10": classifier,
         "kmeans_nmi_at_10": kmeans_at_10,
         "heads": {"k": heads.choice.k, "nmi": normalized_mutual_info_score(truth, heads.labels),
+                  "k_by_plain_maximum": max(finite, key=lambda pair: pair[1])[0],
                   "seconds": heads_s, "scores": heads.choice.to_dict()["scores"]},
         "kmeans_partitions": {"k": partitions.k, "nmi": normalized_mutual_info_score(truth, kmeans_labels),
                               "seconds": kmeans_s},

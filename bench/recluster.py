@@ -11,14 +11,16 @@ and reused by later runs (`--retrain` trains again).
 Then, per backend, with `corral api` and `corral worker` (its re-clustering process included)
 running: for each k, `POST /jobs/{id}/reclusterings` and `GET /jobs/{new id}` every 20 ms until
 it succeeded. Reported per k: the end-to-end seconds (POST sent to succeeded seen), queue pickup
-(created_at -> started_at, the server's clock), the worker's own steps (load, kmeans, model,
+(created_at -> started_at, the server's clock), the worker's own steps (load, cluster, model,
 write) and the rest (claim, commit, the last poll). The source's clusters are compared before
 and after; one prediction is made with the last re-clustering's model.
 
 Quality (`--quality`, on by default), in this process on the trained job's embeddings: per k, the
 service's fit (`core.recluster.fit_kmeans`: restarts on a sample, a few Lloyd steps on all rows)
 against full k-means (the same restarts, Lloyd to convergence on all rows), seed 0: seconds,
-inertia on all rows, NMI/ACC against the class folders, and the NMI between the two partitions.
+inertia on all rows, NMI/ACC against the class folders, and the NMI between the two partitions;
+and the whole `core.recluster.recluster` call with the job's read-out (the service's path:
+IMC-SwAV's classifier head) beside it without (k-means): seconds and NMI/ACC.
 
     flock /tmp/corral-cpu.lock python -m bench.recluster --out bench/results/recluster.json
 """
@@ -195,7 +197,7 @@ def measure(folder: Path, database_url: str, job_id: str, ks: tuple[int, ...]) -
             job, seen = wait_done(client, response.json()["id"], POLL_S, 600)
             if job["state"] != "succeeded":
                 raise RuntimeError(f"re-clustering at k={k} {job['state']}: {job['error']}")
-            steps = {key: job["timings"][key] for key in ("load", "kmeans", "model", "write", "total")}
+            steps = {key: job["timings"][key] for key in ("load", "cluster", "model", "write", "total")}
             end_to_end = seen - sent
             pickup = seconds_between(job["created_at"], job["started_at"])
             runs.append({
@@ -221,14 +223,16 @@ def measure(folder: Path, database_url: str, job_id: str, ks: tuple[int, ...]) -
 
 
 def quality(trained_dir: Path, trained: dict[str, Any], ks: tuple[int, ...]) -> list[dict[str, Any]]:
-    """The service's sampled fit against full k-means on the trained job's embeddings, per k."""
+    """The service's sampled fit against full k-means on the trained job's embeddings, per k, and
+    the service's whole re-clustering with the job's read-out and without."""
     import numpy as np
     import torch
 
     from core.data.images import folder_labels
-    from core.kmeans import KMeansFit, kmeans
+    from core.kmeans import TOL, KMeansFit, kmeans, normalise
     from core.metrics import accuracy, nmi
-    from core.recluster import RESTARTS, TOL, fit_kmeans, normalise
+    from core.predict import load_model
+    from core.recluster import RESTARTS, fit_kmeans, recluster
     from store import blobs, results
     from store.db import make_engine, make_sessionmaker
     from store.settings import Settings
@@ -238,7 +242,9 @@ def quality(trained_dir: Path, trained: dict[str, Any], ks: tuple[int, ...]) -> 
     with make_sessionmaker(make_engine(settings))() as session:
         truth, _ = folder_labels([image.path for image in results.clustered_images(session, job_id=source)])
     assert truth is not None
-    unit = normalise(torch.from_numpy(np.load(blobs.embeddings_path(settings, source))))
+    embeddings = np.load(blobs.embeddings_path(settings, source))
+    unit = normalise(torch.from_numpy(embeddings))
+    readout = load_model(blobs.model_path(settings, source)).readout
 
     def full(x: torch.Tensor, k: int, generator: torch.Generator) -> KMeansFit:
         return kmeans(x, k, generator=generator, restarts=RESTARTS, tol=TOL)
@@ -256,6 +262,14 @@ def quality(trained_dir: Path, trained: dict[str, Any], ks: tuple[int, ...]) -> 
                          "acc": round(accuracy(truth, labels), 4)}
         row["inertia_ratio"] = round(fits["sampled"][1] / fits["full"][1], 4)
         row["nmi_sampled_vs_full"] = round(nmi(fits["full"][2], fits["sampled"][2]), 4)
+        # the whole core.recluster call (fit, calibration, metrics) with the read-out, as the
+        # service calls it (IMC-SwAV: a classifier head), and without (k-means)
+        for name, given in (("service", readout), ("kmeans_only", None)):
+            started = time.perf_counter()
+            done = recluster(embeddings, k, labels=truth, readout=given)
+            assert done.metrics is not None
+            row[name] = {"s": round(time.perf_counter() - started, 3), "head": done.head is not None,
+                         "nmi": round(done.metrics["nmi"], 4), "acc": round(done.metrics["acc"], 4)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

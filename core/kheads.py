@@ -7,7 +7,8 @@ objective on the frozen features and prototype distributions of the full images:
 new run. Each k gets RESTARTS heads (the objective has local optima) and keeps the one that
 reaches the best objective on the images it was fitted on, so no label is involved. Its
 partition is scored by the silhouette of the centred, normalised features, and the
-best-scoring k's head labels the images.
+best-scoring k's head labels the images. At the training k the candidate is the run's own
+classifier (`ClassifierHead`).
 
 Why not k-means on the same features (core/kselect.py, the path of MMDC and k-means): the IMC
 features hold sub-styles that k-means splits. On the cached 10,000-image MNIST run the silhouette
@@ -30,6 +31,7 @@ from core.errors import InvalidInput
 from core.kselect import SAMPLE, KChoice
 from core.losses import joint_information_loss
 from core.methods.imc import centres_of
+from core.runtime import batches
 
 CRITERION = "silhouette of classifier heads"
 RESTARTS = 3
@@ -107,14 +109,20 @@ def fit_heads(features: torch.Tensor, codes: torch.Tensor, ks: list[int], *, bet
 
 
 @dataclass(frozen=True)
-class HeadChoice:
-    """The chosen head's clustering of every image, and how k was chosen."""
+class HeadClustering:
+    """A head's clustering of every image, and the head for new images."""
 
-    choice: KChoice
     labels: np.ndarray  # (N,) int64 in [0, k)
     confidences: np.ndarray  # (N,) float32: the head's top probability (raw, before calibration)
-    centres: np.ndarray  # (k, d) float32: mean feature per cluster (zeros for none: every cluster is used)
+    centres: np.ndarray  # (k, d) float32: mean feature per cluster (zeros for an empty one)
     head: nn.Module  # features (N, d) -> (labels, top probability), for new images
+
+
+@dataclass(frozen=True)
+class HeadChoice(HeadClustering):
+    """The chosen head's clustering, and how k was chosen."""
+
+    choice: KChoice
 
 
 class ChosenHead(nn.Module):
@@ -138,35 +146,112 @@ class ChosenHead(nn.Module):
         return labels, confidences
 
 
+class ClassifierHead(nn.Module):
+    """The run's own trained classifier as the head of its training k: features -> (argmax, top
+    probability). It trained on every crop for the whole run, and it is what the run returns when
+    that k is given, so it is the candidate there (docs/algorithms.md §7)."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+        self.k: int = [m for m in classifier.modules() if isinstance(m, nn.Linear)][-1].out_features
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self.classifier(features.float()).float(), dim=1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        confidences, labels = self.probabilities(features).max(1)
+        return labels, confidences
+
+
+def trained_head(readout: nn.Module) -> ClassifierHead | None:
+    """The IMC-SwAV read-out's classifier as a head (None for a read-out without one)."""
+    net = getattr(readout, "net", None)
+    return None if net is None else ClassifierHead(net.classifier)
+
+
 def choose_k_by_heads(features: np.ndarray | torch.Tensor, codes: np.ndarray | torch.Tensor, k_max: int, *,
-                      beta: float, seed: int = 0) -> HeadChoice:
+                      beta: float, seed: int = 0, trained: ClassifierHead | None = None) -> HeadChoice:
     """Fit heads for the candidates in 2..k_max (capped below the image count), score each k's
-    best head by silhouette on a seeded sample, and label every image with the winner."""
-    x, u = torch.as_tensor(features).float(), torch.as_tensor(codes).float()
-    if x.ndim != 2 or u.ndim != 2 or x.shape[0] != u.shape[0] or x.shape[0] < 3:
-        raise InvalidInput(f"choosing k needs (N, d) features and (N, K') codes with N >= 3, got "
-                           f"{tuple(x.shape)} and {tuple(u.shape)}")
+    best head by silhouette on a seeded sample, and label every image with the winner. `trained`
+    (the run's classifier) is the candidate of its own k instead of a fitted head."""
+    x, u = check_inputs(features, codes)
     ks = candidates(min(k_max, x.shape[0] - 1))  # silhouette needs fewer clusters than points
-    heads, best = fit_heads(x, u, ks, beta=beta, seed=seed)
+    options: dict[int, tuple[torch.Tensor, nn.Module]] = {}  # k -> (probabilities (N, k), head)
     with torch.no_grad():
-        outputs = heads(x)
-    picked = [outputs[i * RESTARTS + r] for i, r in enumerate(best)]
+        if trained is not None and trained.k in ks:
+            options[trained.k] = (trained.probabilities(x), trained)
+        fitted = [k for k in ks if k not in options]
+        if fitted:
+            heads, best = fit_heads(x, u, fitted, beta=beta, seed=seed)
+            outputs = heads(x)
+            column = 0
+            for i, k in enumerate(fitted):
+                options[k] = (outputs[i * RESTARTS + best[i]], ChosenHead(heads, column + best[i] * k, k))
+                column += RESTARTS * k
     sample, unit = silhouette_sample(x, seed)
-    scores = []
-    for k, probabilities in zip(ks, picked, strict=True):
-        labels = probabilities.argmax(1)
+    distances = torch.cdist(torch.from_numpy(unit), torch.from_numpy(unit)).clamp_min_(0).numpy()
+    np.fill_diagonal(distances, 0)
+    scored: dict[int, float] = {}  # k -> silhouette, for the heads that use all k clusters
+    for k in ks:
+        labels = options[k][0].argmax(1)
         used = len(torch.unique(labels))  # a head that leaves a cluster empty is not a k-partition
         sampled = labels[sample].numpy()
-        valid = used == k and 1 < len(np.unique(sampled)) < len(sampled)
-        scores.append((k, float(silhouette_score(unit, sampled)) if valid else -math.inf))
-    index = max(range(len(ks)), key=lambda i: scores[i][1])
-    k = ks[index]
-    column = sum(ks[:index]) * RESTARTS + best[index] * k
-    confidences, labels = picked[index].max(1)
-    centres = centres_of(x, labels, k)
-    return HeadChoice(KChoice(k=k, criterion=CRITERION, k_max=ks[-1], scores=scores),
-                      labels.numpy().astype(np.int64), confidences.numpy().astype(np.float32),
-                      centres.numpy().astype(np.float32), ChosenHead(heads, column, k))
+        if used == k and 1 < len(np.unique(sampled)) < len(sampled):
+            scored[k] = float(silhouette_score(distances, sampled, metric="precomputed"))
+    scores = [(k, scored.get(k, -math.inf)) for k in ks]
+    k = max(scored, key=scored.__getitem__) if scored else ks[0]
+    clustering = labelled(x, *options[k])
+    return HeadChoice(**vars(clustering), choice=KChoice(k=k, criterion=CRITERION, k_max=ks[-1], scores=scores))
+
+
+def head_at(features: np.ndarray | torch.Tensor, codes: np.ndarray | torch.Tensor, k: int, *, beta: float,
+            seed: int = 0, trained: ClassifierHead | None = None) -> HeadClustering:
+    """The best of RESTARTS heads fitted at one k, as `choose_k_by_heads` fits each candidate
+    (or `trained`, the run's classifier, at its own k): re-clustering an IMC-SwAV run at a k
+    given after training (core/recluster.py)."""
+    x, u = check_inputs(features, codes)
+    if not 2 <= k <= x.shape[0]:
+        raise InvalidInput(f"k={k} needs 2 <= k <= {x.shape[0]}, the images given")
+    with torch.no_grad():
+        if trained is not None and trained.k == k:
+            return labelled(x, trained.probabilities(x), trained)
+    heads, best = fit_heads(x, u, [k], beta=beta, seed=seed)
+    with torch.no_grad():
+        probabilities = heads(x)[best[0]]
+    return labelled(x, probabilities, ChosenHead(heads, best[0] * k, k))
+
+
+def labelled(features: torch.Tensor, probabilities: torch.Tensor, head: nn.Module) -> HeadClustering:
+    confidences, labels = probabilities.max(1)
+    centres = centres_of(features, labels, probabilities.shape[1])
+    return HeadClustering(labels.numpy().astype(np.int64), confidences.numpy().astype(np.float32),
+                          centres.numpy().astype(np.float32), head)
+
+
+def check_inputs(features: np.ndarray | torch.Tensor,
+                 codes: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x, u = torch.as_tensor(features).float(), torch.as_tensor(codes).float()
+    if x.ndim != 2 or u.ndim != 2 or x.shape[0] != u.shape[0] or x.shape[0] < 3:
+        raise InvalidInput(f"classifier heads need (N, d) features and (N, K') codes with N >= 3, got "
+                           f"{tuple(x.shape)} and {tuple(u.shape)}")
+    return x, u
+
+
+def prototype_codes(readout: nn.Module, features: np.ndarray) -> torch.Tensor:
+    """IMC-SwAV's prototype distributions (N, K') of a run's encoder features, in batches."""
+    device = next(iter(readout.state_dict().values())).device
+    with torch.no_grad():
+        return torch.cat([readout.codes(torch.from_numpy(features[part]).to(device)).cpu()  # type: ignore[operator]
+                          for part in batches(features.shape[0], 4096)])
+
+
+def imc_readout_of(readout: nn.Module | None) -> nn.Module | None:
+    """The IMC-SwAV read-out (the one with prototype codes) under a run's calibration and head
+    wrappers (each keeps its base as `.base`); None for other methods' read-outs."""
+    while readout is not None and not hasattr(readout, "codes"):
+        readout = getattr(readout, "base", None)
+    return readout
 
 
 def silhouette_sample(features: torch.Tensor, seed: int) -> tuple[torch.Tensor, np.ndarray]:

@@ -6,6 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+TOL = 1e-4  # sklearn's default: the centres' total squared move, relative to the total variance
+
+
+def normalise(features: torch.Tensor) -> torch.Tensor:
+    """(N, d) float -> unit rows: cosine geometry, which the trained representations live in."""
+    return F.normalize(features.float(), dim=1, eps=1e-8)
 
 
 @dataclass

@@ -18,8 +18,7 @@ import torch
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
 from core.errors import InvalidInput
-from core.kmeans import kmeans
-from core.recluster import TOL, normalise
+from core.kmeans import TOL, kmeans, normalise
 
 SAMPLE = 3000  # points the criterion is computed on; silhouette is O(sample²)
 RESTARTS = 2

@@ -16,7 +16,7 @@ from core.checkpoint import Checkpoint
 from core.config import ClusterConfig
 from core.context import RunContext
 from core.errors import InvalidInput
-from core.kheads import HeadReadout, choose_k_by_heads
+from core.kheads import HeadReadout, choose_k_by_heads, imc_readout_of, prototype_codes, trained_head
 from core.kselect import choose_k, training_k
 from core.methods import METHODS
 from core.metrics import evaluate
@@ -25,7 +25,7 @@ from core.pacing import pace
 from core.predictor import Predictor
 from core.recluster import recluster, reclustered_predictor
 from core.result import ClusterResult, ProgressCallback
-from core.runtime import batches, configure_backend, cpu_threads, pick_device
+from core.runtime import configure_backend, cpu_threads, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,8 @@ def with_chosen_k(result: ClusterResult, n_images: int) -> ClusterResult:
     """`result` of a run trained at its training k, re-clustered at the k chosen on its embeddings:
     by classifier heads where the read-out has prototype codes (IMC-SwAV, core/kheads.py), else by
     k-means partitions (core/kselect.py)."""
-    readout = None if result.predictor is None else result.predictor.readout
-    if readout is not None and hasattr(readout, "codes"):
+    readout = imc_readout_of(None if result.predictor is None else result.predictor.readout)
+    if readout is not None:
         return with_chosen_head(result, readout, n_images)
     started = time.perf_counter()
     choice = choose_k(result.embeddings, result.config.k_max_for(n_images), seed=result.config.seed)
@@ -122,12 +122,9 @@ def with_chosen_head(result: ClusterResult, readout: torch.nn.Module, n_images: 
     """`result` labelled by the classifier head of the k its heads choose, calibrated."""
     assert result.predictor is not None
     started = time.perf_counter()
-    device = next(iter(readout.state_dict().values())).device
-    with torch.no_grad():
-        codes = torch.cat([readout.codes(torch.from_numpy(result.embeddings[part]).to(device)).cpu()  # type: ignore[operator]
-                           for part in batches(result.embeddings.shape[0], 4096)])
+    codes = prototype_codes(readout, result.embeddings)
     chosen = choose_k_by_heads(result.embeddings, codes, result.config.k_max_for(n_images),
-                               beta=result.config.imc.beta, seed=result.config.seed)
+                               beta=result.config.imc.beta, seed=result.config.seed, trained=trained_head(readout))
     result.timings["choose_k"] = time.perf_counter() - started
     predictor = replace(result.predictor, readout=HeadReadout(readout, chosen.head), k=chosen.choice.k)
     return calibrated(replace(result, labels=chosen.labels, confidences=chosen.confidences, centres=chosen.centres,

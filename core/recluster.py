@@ -1,10 +1,13 @@
 """Re-clustering a finished run at another k from its trained representation, without training.
 
 A run's `embeddings` (N, d) are the representation its read-out sees (IMC-SwAV: the encoder
-features; MMDC: the unit embedding; k-means: the pixels). `recluster` runs k-means on them,
-L2-normalised first (spherical k-means; docs/algorithms.md §7 gives the measurement), and
-`reclustered_predictor` wraps the run's read-out so new images are embedded exactly as the run's
-own and go to the nearest new centre.
+features; MMDC: the unit embedding; k-means: the pixels). Given an IMC-SwAV read-out, `recluster`
+fits a classifier head at the new k to the run's prototype distributions, as a job without k
+chooses its k (core/kheads.py; at the run's training k, its own classifier); otherwise, or
+where that head leaves a cluster empty, it runs k-means on the embeddings, L2-normalised first
+(spherical k-means; docs/algorithms.md §7 gives the measurements). `reclustered_predictor`
+wraps the run's read-out so new images are embedded exactly as the run's own and go to the new
+head or the nearest new centre.
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from core.calibration import Calibration, calibrate, calibrated_predictor
-from core.config import BOUNDS
+from core.config import BOUNDS, IMCParams
 from core.errors import InvalidInput
-from core.kmeans import KMeansFit, distance_confidence, distance_scale, kmeans, lloyd, squared_distances
+from core.kheads import HeadReadout, head_at, imc_readout_of, prototype_codes, trained_head
+from core.kmeans import TOL, KMeansFit, distance_confidence, distance_scale, kmeans, lloyd, normalise, squared_distances
 from core.metrics import evaluate
 from core.predictor import Predictor
 
@@ -32,7 +35,6 @@ FIT_SAMPLE = 10_000
 FIT_PER_CLUSTER = 40
 RESTARTS = 3
 POLISH_ITERATIONS = 2
-TOL = 1e-4  # sklearn's default: the centres' total squared move, relative to the total variance
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,8 @@ class Reclustering:
     # The confidence softmax's temperature: the mean squared distance to the own centre over the
     # re-clustered set, so a predictor built from this gives new images confidences on one scale.
     scale: float = 1.0
-    calibration: Calibration | None = None  # raw k-means confidence -> P(right), core/calibration.py
-
-
-def normalise(features: torch.Tensor) -> torch.Tensor:
-    """(N, d) float -> unit rows: cosine geometry, which the trained representations live in."""
-    return F.normalize(features.float(), dim=1, eps=1e-8)
+    calibration: Calibration | None = None  # raw confidence -> P(right), core/calibration.py
+    head: nn.Module | None = None  # IMC-SwAV: the head (or classifier) that labelled; None: k-means' centres
 
 
 def check_k(k: int, n: int) -> None:
@@ -72,14 +70,25 @@ def fit_kmeans(x: torch.Tensor, k: int, generator: torch.Generator, *, sample_si
     return lloyd(x, seeded.centres, iterations=POLISH_ITERATIONS, tol=TOL)
 
 
-def recluster(embeddings: np.ndarray, k: int, *, seed: int = 0, labels: np.ndarray | None = None) -> Reclustering:
-    """k clusters of a run's embeddings (N, d): spherical k-means, confidence as k-means'."""
+def recluster(embeddings: np.ndarray, k: int, *, seed: int = 0, labels: np.ndarray | None = None,
+              readout: nn.Module | None = None, beta: float = IMCParams.beta) -> Reclustering:
+    """k clusters of a run's embeddings (N, d): by a classifier head where `readout` (the run's
+    predictor's) is IMC-SwAV's and the head uses all k clusters, else by spherical k-means."""
     x = torch.as_tensor(np.asarray(embeddings))
     if x.ndim != 2 or x.shape[0] == 0:
         raise InvalidInput(f"embeddings must be (N, d) with N >= 1, got {tuple(x.shape)}")
     check_k(k, x.shape[0])
     if labels is not None and len(labels) != x.shape[0]:
         raise InvalidInput(f"labels has {len(labels)} entries for {x.shape[0]} embeddings; give one per image")
+    imc = imc_readout_of(readout)
+    if imc is not None and k < x.shape[0]:
+        features = np.asarray(embeddings)
+        chosen = head_at(features, prototype_codes(imc, features), k, beta=beta, seed=seed, trained=trained_head(imc))
+        if len(np.unique(chosen.labels)) == k:  # else k-means, which keeps every cluster
+            confidences, calibration = calibrate(chosen.confidences, features, chosen.labels, k, seed=seed)
+            metrics = None if labels is None else evaluate(np.asarray(labels), chosen.labels, confidences)
+            return Reclustering(labels=chosen.labels, confidences=confidences, centres=chosen.centres,
+                                metrics=metrics, calibration=calibration, head=chosen.head)
     generator = torch.Generator().manual_seed(seed)
     unit = normalise(x)
     fit = fit_kmeans(unit, k, generator)
@@ -121,14 +130,17 @@ class ReclusteredReadout(nn.Module):
 
 
 def reclustered_predictor(base: Predictor, clustering: Reclustering) -> Predictor:
-    """The predictor of `base`'s run re-clustered as `clustering` (same embedding, new centres)."""
+    """The predictor of `base`'s run re-clustered as `clustering` (same embedding, new head or centres)."""
     if not hasattr(base.readout, "embed"):
         raise InvalidInput(f"a {base.method} read-out cannot embed images, so it cannot be re-clustered")
-    centres = torch.from_numpy(clustering.centres)
-    device = next(iter(base.readout.state_dict().values())).device
-    scale = torch.tensor(clustering.scale, dtype=torch.float32)
-    readout = ReclusteredReadout(base.readout, centres.to(device), scale.to(device))
-    predictor = Predictor(readout, image_size=base.image_size, channels=base.channels, k=len(centres),
+    k = len(clustering.centres)
+    imc = imc_readout_of(base.readout)
+    if clustering.head is not None and imc is not None:
+        readout: nn.Module = HeadReadout(imc, clustering.head)
+    else:
+        device = next(iter(base.readout.state_dict().values())).device
+        readout = ReclusteredReadout(base.readout, torch.from_numpy(clustering.centres).to(device),
+                                     torch.tensor(clustering.scale, dtype=torch.float32).to(device))
+    predictor = Predictor(readout, image_size=base.image_size, channels=base.channels, k=k,
                           method=base.method, precision=base.precision)
     return predictor if clustering.calibration is None else calibrated_predictor(predictor, clustering.calibration)
-

@@ -1,9 +1,10 @@
 """A re-clustering: a finished job's saved representation clustered again at another k.
 
 Nothing is trained and no image is decoded. The source's embeddings (rows in upload order, as
-its assignments) go through `core.recluster.recluster`; the result is written as any job's
-(assignments, cluster summaries, metrics against the class folders) and its model is the
-source's read-out with the new centres (`core.recluster.reclustered_predictor`), so predict works.
+its assignments) and read-out go through `core.recluster.recluster` (a classifier head for
+IMC-SwAV, k-means otherwise); the result is written as any job's (assignments, cluster
+summaries, metrics against the class folders) and its model is the source's read-out with the
+new head or centres (`core.recluster.reclustered_predictor`), so predict works.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.config import ClusterConfig
 from core.data.images import folder_labels
 from core.errors import InvalidInput
 from core.predict import load_model, save_model
@@ -78,13 +80,16 @@ def run_reclustering(
     if not 2 <= job.k <= len(images):
         raise InvalidInput(f"k={job.k} needs 2 <= k <= {len(images)}, the images the source clustered")
     truth, _ = folder_labels([image.path for image in images])
-    loaded = time.perf_counter()
-    clustering = recluster(embeddings, job.k, seed=int(job.params.get("seed", 0)), labels=truth)
-    clustered = time.perf_counter()
     source_model = blobs.model_path(settings, source.id)
-    if source_model.is_file():  # jobs from before models were kept predict nothing
+    base = load_model(source_model) if source_model.is_file() else None  # jobs from before models were kept
+    loaded = time.perf_counter()
+    clustering = recluster(embeddings, job.k, seed=int(job.params.get("seed", 0)), labels=truth,
+                           readout=None if base is None else base.readout,
+                           beta=ClusterConfig.from_dict(source.params).imc.beta)
+    clustered = time.perf_counter()
+    if base is not None:
         try:
-            predictor = reclustered_predictor(load_model(source_model), clustering)
+            predictor = reclustered_predictor(base, clustering)
         except InvalidInput as error:  # a read-out saved before read-outs could embed images
             log.warning("re-clustering %s keeps no model: %s", job.id, error)
         else:
@@ -106,7 +111,7 @@ def run_reclustering(
         written = time.perf_counter()
         timings = {
             "load": loaded - started,
-            "kmeans": clustered - loaded,
+            "cluster": clustered - loaded,
             "model": modelled - clustered,
             "write": written - write_started,
             "total": written - started,

@@ -29,8 +29,8 @@ from core.config import ClusterConfig, MMDCParams
 from core.context import MethodOutput, RunContext
 from core.data import augment
 from core.graphs import GraphedStep
-from core.methods.mmdc_plan import Plan, make_plan
-from core.models.backbones import build_backbone
+from core.methods.mmdc_plan import INPUT_SIZE, Plan, make_plan
+from core.models.backbones import Upsampled, build_backbone
 from core.models.mmdc_net import MMDCNet  # also the path models saved before it moved pickled
 from core.refine import kmeans_centres, kmeans_targets
 from core.runtime import (
@@ -117,7 +117,9 @@ class MMDCState:
 def initial_state(images: torch.Tensor, config: ClusterConfig, plan: Plan, ctx: RunContext) -> MMDCState:
     """A fresh network (torch's global RNG initialises it), SGD, and targets drawn from ctx.generator."""
     n, channels, size = images.shape[0], images.shape[1], images.shape[-1]
-    backbone = build_backbone(plan.backbone, channels, size, stem_pool="mmdc")
+    backbone: nn.Module = build_backbone(plan.backbone, channels, max(size, INPUT_SIZE), stem_pool="mmdc")
+    if size < INPUT_SIZE:
+        backbone = Upsampled(backbone, INPUT_SIZE)
     model = prepare_model(MMDCNet(backbone, config.k, plan.rotation), ctx.device)
     compile_if_requested(model.backbone)
     p = config.mmdc

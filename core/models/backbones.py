@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
@@ -67,6 +68,21 @@ class SmallVGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).flatten(1)  # (B, feature_dim)
+
+
+class Upsampled(nn.Module):
+    """A backbone that first resizes its input up to `size` px (bilinear), for a network whose
+    input size is fixed by its recipe; `feature_dim` is the backbone's at that size."""
+
+    def __init__(self, backbone: nn.Module, size: int):
+        super().__init__()
+        self.backbone, self.size = backbone, size
+        self.feature_dim: int = backbone.feature_dim  # type: ignore[assignment]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.backbone(x)  # type: ignore[no-any-return]
 
 
 def choose_backbone(requested: str, channels: int, image_size: int, *, cpu: bool = False) -> str:

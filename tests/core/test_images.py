@@ -37,7 +37,7 @@ def folder(tmp_path: Path) -> Path:
 def test_folder_decodes_in_sorted_order_with_class_labels(folder: Path):
     image_set = read_images(folder)
     assert image_set.paths == [f"cats/{i}.png" for i in range(3)] + [f"dogs/{i}.png" for i in range(3)]
-    assert image_set.images.shape == (6, 1, 32, 32)  # grey stays 1-channel, small -> 32 px
+    assert image_set.images.shape == (6, 1, 32, 32)  # grey stays 1-channel, 20 px -> 32 px
     assert image_set.class_names == ["cats", "dogs"]
     assert image_set.labels.tolist() == [0, 0, 0, 1, 1, 1]
 
@@ -71,7 +71,16 @@ def test_large_images_work_at_64_px_and_size_is_overridable(tmp_path: Path):
     (tmp_path / "a.jpg").write_bytes(png(np.zeros((200, 300, 3), dtype=np.uint8), "JPEG"))
     assert read_images(tmp_path).images.shape == (1, 3, 64, 64)
     assert read_images(tmp_path, image_size=48).images.shape == (1, 3, 48, 48)
-    assert auto_image_size([28, 32]) == 32 and auto_image_size([96, 100]) == 64
+    assert auto_image_size([28, 28, 30]) == 28 and auto_image_size([24, 32]) == 28  # 24-32 px keep their size
+    assert auto_image_size([8, 8]) == 32 and auto_image_size([23]) == 32 and auto_image_size([40, 48]) == 32
+    assert auto_image_size([32]) == 32 and auto_image_size([96, 100]) == 64
+
+
+def test_mnist_sized_images_keep_their_28_px(tmp_path: Path):
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(png(grey(40 * i, size=28)))
+    decoded = read_images(tmp_path)
+    assert decoded.images.shape == (3, 1, 28, 28) and decoded.images[2].max() == 80  # not resampled
 
 
 def test_exif_orientation_is_applied(tmp_path: Path):

@@ -8,8 +8,19 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from core.calibration import CalibratedReadout, Calibration
 from core.errors import InvalidInput
-from core.kheads import DENSE_UP_TO, HeadReadout, candidates, choose_k_by_heads
+from core.kheads import (
+    DENSE_UP_TO,
+    ClassifierHead,
+    HeadReadout,
+    candidates,
+    choose_k_by_heads,
+    head_at,
+    imc_readout_of,
+)
+from core.predictor import Predictor
+from core.recluster import recluster, reclustered_predictor
 from tests.core.test_recluster import blobs
 
 
@@ -72,3 +83,101 @@ def test_too_few_images_or_mismatched_codes_are_refused() -> None:
         choose_k_by_heads(np.ones((2, 4), np.float32), torch.ones(2, 5) / 5, 10, beta=4.0)
     with pytest.raises(InvalidInput, match="codes"):
         choose_k_by_heads(np.ones((6, 4), np.float32), torch.ones(5, 5) / 5, 10, beta=4.0)
+
+
+def nearest_mean_classifier(x: np.ndarray, truth: np.ndarray) -> torch.nn.Module:
+    """A 'trained classifier': logits of the nearest class mean (an MLP's last Linear is what
+    ClassifierHead reads its k from)."""
+    means = torch.stack([torch.as_tensor(x[truth == c]).mean(0) for c in np.unique(truth)])
+    linear = torch.nn.Linear(x.shape[1], len(means))
+    with torch.no_grad():
+        linear.weight.copy_(10 * means)
+        linear.bias.copy_(-5 * (means**2).sum(1))
+    return torch.nn.Sequential(torch.nn.Identity(), linear)
+
+
+class PrototypeReadout(torch.nn.Module):
+    """IMC-SwAV's read-out as re-clustering sees it: features are the images, `codes` their
+    soft assignment to fixed prototypes (random points of the set), `net.classifier` the run's."""
+
+    def __init__(self, x: np.ndarray, classifier: torch.nn.Module, prototypes: int = 60):
+        super().__init__()
+        unit = torch.nn.functional.normalize(torch.as_tensor(x).float(), dim=1)
+        order = torch.randperm(len(unit), generator=torch.Generator().manual_seed(0))
+        self.prototypes = torch.nn.Parameter(unit[order[:prototypes]])
+        self.net = torch.nn.Module()
+        self.net.classifier = classifier
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float()
+
+    def codes(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(torch.nn.functional.normalize(features.float(), dim=1) @ self.prototypes.T / 0.1, dim=1)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.classifier(images.float()).argmax(1), torch.ones(len(images))
+
+
+def test_imc_readout_is_found_under_its_wrappers_and_others_have_none() -> None:
+    x, truth = blobs(k=3, per=10, d=8)
+    base = PrototypeReadout(x, nearest_mean_classifier(x, truth))
+    identity = Calibration(np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    wrapped = CalibratedReadout(HeadReadout(base, torch.nn.Linear(8, 3)), identity)
+    assert imc_readout_of(wrapped) is base and imc_readout_of(torch.nn.Linear(2, 2)) is None
+    assert imc_readout_of(None) is None
+
+
+def test_the_run_s_own_classifier_is_the_candidate_of_its_training_k() -> None:
+    x, truth = blobs(k=5, per=40, d=32, seed=7)
+    trained = ClassifierHead(nearest_mean_classifier(x, truth))
+    assert trained.k == 5
+    chosen = choose_k_by_heads(x, prototype_codes(x), 8, beta=4.0, trained=trained)
+    assert chosen.choice.k == 5 and chosen.head is trained
+    assert adjusted_rand_score(truth, chosen.labels) == 1.0
+    again = head_at(x, prototype_codes(x), 5, beta=4.0, trained=trained)  # re-clustering at k = 5
+    assert again.head is trained and np.array_equal(again.labels, chosen.labels)
+
+
+def test_a_head_fitted_at_another_k_labels_separated_clusters() -> None:
+    x, truth = blobs(k=5, per=40, d=32, seed=4)
+    trained = ClassifierHead(nearest_mean_classifier(x[:40 * 3], truth[:40 * 3]))  # k = 3
+    fitted = head_at(x, prototype_codes(x), 5, beta=4.0, seed=0, trained=trained)
+    assert fitted.head is not trained and fitted.centres.shape == (5, 32)
+    assert adjusted_rand_score(truth, fitted.labels) == 1.0
+    with torch.no_grad():
+        labels, _ = fitted.head(torch.as_tensor(x))
+    assert np.array_equal(labels.numpy(), fitted.labels)
+    with pytest.raises(InvalidInput, match="k=201 needs"):
+        head_at(x, prototype_codes(x), 201, beta=4.0)
+
+
+def test_recluster_of_an_imc_run_is_its_classifier_at_its_training_k_and_a_fitted_head_elsewhere() -> None:
+    x, truth = blobs(k=6, per=40, d=32, seed=5)
+    readout = PrototypeReadout(x, nearest_mean_classifier(x, truth))
+    clustering = recluster(x, 6, labels=truth, readout=readout, beta=4.0)
+    assert isinstance(clustering.head, ClassifierHead) and clustering.metrics is not None
+    assert clustering.metrics["nmi"] == pytest.approx(1.0)
+    assert ((clustering.confidences >= 0) & (clustering.confidences <= 1)).all()
+    run = Predictor(readout, image_size=1, channels=1, k=6, method="imc", precision="fp32")
+    predictor = reclustered_predictor(run, clustering)
+    assert isinstance(imc_readout_of(predictor.readout), PrototypeReadout) and predictor.k == 6
+    with torch.no_grad():
+        labels, confidences = predictor.readout(torch.as_tensor(x))
+    assert np.array_equal(labels.numpy(), clustering.labels)
+    np.testing.assert_allclose(confidences.numpy(), clustering.confidences, atol=1e-5)
+    other = recluster(x, 4, readout=readout, beta=4.0)  # another k: a head fitted at 4
+    assert other.head is not None and not isinstance(other.head, ClassifierHead)
+    assert len(np.unique(other.labels)) == 4
+    with torch.no_grad():
+        labels, _ = reclustered_predictor(run, other).readout(torch.as_tensor(x))
+    assert np.array_equal(labels.numpy(), other.labels)
+
+
+def test_recluster_falls_back_to_kmeans_where_the_classifier_leaves_a_cluster_empty() -> None:
+    x, truth = blobs(k=4, per=30, d=16, seed=6)
+    classifier = nearest_mean_classifier(x, truth)
+    with torch.no_grad():
+        classifier[1].bias[3] -= 1e6  # cluster 3 never wins
+    clustering = recluster(x, 4, labels=truth, readout=PrototypeReadout(x, classifier), beta=4.0)
+    assert clustering.head is None and set(clustering.labels.tolist()) == {0, 1, 2, 3}
+    assert clustering.metrics is not None and clustering.metrics["nmi"] == pytest.approx(1.0)

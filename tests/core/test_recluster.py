@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from core.kmeans import normalise
 from core.metrics import nmi
-from core.recluster import FIT_PER_CLUSTER, FIT_SAMPLE, fit_kmeans, normalise, recluster
+from core.recluster import FIT_PER_CLUSTER, FIT_SAMPLE, fit_kmeans, recluster
 
 
 def blobs(k: int = 4, per: int = 50, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

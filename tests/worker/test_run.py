@@ -241,7 +241,7 @@ def test_a_reclustering_writes_its_own_result_from_the_source_embeddings(
     with sessions() as session:
         job = jobs.get_job(session, job_id=job_id)
         assert job is not None and job.k == 2 and job.n_clustered == 24 and job.metrics is not None
-        assert job.timings is not None and {"load", "kmeans", "model", "write", "total"} <= set(job.timings)
+        assert job.timings is not None and {"load", "cluster", "model", "write", "total"} <= set(job.timings)
         assigned = list(results.iter_assignments(session, job_id=job_id))
         assert {a.cluster for a in assigned} == {0, 1} and len(assigned) == 24
         assert {a.image_id for a in assigned} == {image_id for image_id, _, _ in before}  # the same images
