@@ -248,10 +248,11 @@ def prototype_codes(readout: nn.Module, features: np.ndarray) -> torch.Tensor:
 
 def imc_readout_of(readout: nn.Module | None) -> nn.Module | None:
     """The IMC-SwAV read-out (the one with prototype codes) under a run's calibration and head
-    wrappers (each keeps its base as `.base`); None for other methods' read-outs."""
+    wrappers (each keeps its base as `.base`); None for other methods' read-outs, and for one
+    pickled before read-outs kept their prototype temperature (it cannot give codes)."""
     while readout is not None and not hasattr(readout, "codes"):
         readout = getattr(readout, "base", None)
-    return readout
+    return readout if readout is not None and hasattr(readout, "temperature") else None
 
 
 def silhouette_sample(features: torch.Tensor, seed: int) -> tuple[torch.Tensor, np.ndarray]:

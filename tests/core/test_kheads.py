@@ -107,12 +107,14 @@ class PrototypeReadout(torch.nn.Module):
         self.prototypes = torch.nn.Parameter(unit[order[:prototypes]])
         self.net = torch.nn.Module()
         self.net.classifier = classifier
+        self.temperature = 0.1
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return images.float()
 
     def codes(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(torch.nn.functional.normalize(features.float(), dim=1) @ self.prototypes.T / 0.1, dim=1)
+        unit = torch.nn.functional.normalize(features.float(), dim=1)
+        return torch.softmax(unit @ self.prototypes.T / self.temperature, dim=1)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.net.classifier(images.float()).argmax(1), torch.ones(len(images))
@@ -181,3 +183,12 @@ def test_recluster_falls_back_to_kmeans_where_the_classifier_leaves_a_cluster_em
     clustering = recluster(x, 4, labels=truth, readout=PrototypeReadout(x, classifier), beta=4.0)
     assert clustering.head is None and set(clustering.labels.tolist()) == {0, 1, 2, 3}
     assert clustering.metrics is not None and clustering.metrics["nmi"] == pytest.approx(1.0)
+
+
+def test_a_read_out_pickled_without_its_temperature_is_reclustered_by_kmeans() -> None:
+    x, truth = blobs(k=4, per=30, d=16, seed=8)
+    readout = PrototypeReadout(x, nearest_mean_classifier(x, truth))
+    del readout.temperature  # as an IMC-SwAV read-out saved before round 10
+    assert imc_readout_of(readout) is None
+    clustering = recluster(x, 4, labels=truth, readout=readout, beta=4.0)
+    assert clustering.head is None and np.array_equal(clustering.labels, recluster(x, 4).labels)
