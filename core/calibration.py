@@ -33,6 +33,7 @@ from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.isotonic import IsotonicRegression
 from sklearn.mixture import GaussianMixture
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from core.predictor import Predictor
@@ -50,6 +51,10 @@ EM_COST = 50_000_000
 MIN_ITERATIONS = 10
 REG_COVAR = 1e-4  # added to the covariances' diagonal: a cluster of a few images stays invertible
 TIE_BREAK = 0.01  # weight of the raw score, so images on one plateau of f keep their order
+# BLAS threads for the PCA and EM: their products are small (5,000 x 32 by 32 x 32, and 32 x 32
+# triangular solves), and on 2 cores two BLAS threads beside torch's OpenMP ones made EM 3-4 times
+# slower than one, with the same iterations and posteriors (bench/RESULTS.md, "Re-clustering", round 12)
+BLAS_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -75,16 +80,17 @@ def posterior(embeddings: np.ndarray, labels: np.ndarray, k: int, seed: int) -> 
     """(sample index (S,), P(own cluster | embedding) (S,) in [0, 1]): the posterior of a Gaussian
     mixture fitted by EM from the run's clusters, one component per cluster in the sample."""
     index = sample(embeddings.shape[0], k, seed)
-    x, own = reduce(embeddings[index], seed).astype(np.float64), labels[index]
-    present, column = np.unique(own, return_inverse=True)  # components: the clusters the sample has
-    means = np.stack([x[column == c].mean(0) for c in range(len(present))])
-    iterations = int(np.clip(EM_COST // (len(x) * len(present)), MIN_ITERATIONS, 100))
-    mixture = GaussianMixture(len(present), covariance_type="full" if k <= FULL_MAX_K else "diag",
-                              means_init=means, reg_covar=REG_COVAR, max_iter=iterations, random_state=seed)
-    with warnings.catch_warnings():  # an EM stopped at `iterations` is still a fitted mixture
-        warnings.filterwarnings("ignore", category=ConvergenceWarning)
-        mixture.fit(x)
-    return index, mixture.predict_proba(x)[np.arange(len(own)), column]
+    with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+        x, own = reduce(embeddings[index], seed).astype(np.float64), labels[index]
+        present, column = np.unique(own, return_inverse=True)  # components: the clusters the sample has
+        means = np.stack([x[column == c].mean(0) for c in range(len(present))])
+        iterations = int(np.clip(EM_COST // (len(x) * len(present)), MIN_ITERATIONS, 100))
+        mixture = GaussianMixture(len(present), covariance_type="full" if k <= FULL_MAX_K else "diag",
+                                  means_init=means, reg_covar=REG_COVAR, max_iter=iterations, random_state=seed)
+        with warnings.catch_warnings():  # an EM stopped at `iterations` is still a fitted mixture
+            warnings.filterwarnings("ignore", category=ConvergenceWarning)
+            mixture.fit(x)
+        return index, mixture.predict_proba(x)[np.arange(len(own)), column]
 
 
 def reduce(x: np.ndarray, seed: int) -> np.ndarray:

@@ -19,6 +19,7 @@ classifier's own quality (bench/RESULTS.md, "Choosing k with classifier heads").
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,10 @@ BATCH = 512
 LR = 3e-3
 DENSE_UP_TO = 20  # every k up to here is a candidate; above it a grid (each head costs k columns)
 GRID_STEP = 1.25  # above DENSE_UP_TO, each candidate about this much larger than the one before
+
+# The prototype distributions of the rows at an index: (S,) -> (S, K'). A head is fitted on
+# FIT_SAMPLE rows, so re-clustering computes codes for those only (`head_at`).
+Codes = Callable[[torch.Tensor], torch.Tensor]
 
 
 def candidates(k_max: int) -> list[int]:
@@ -76,7 +81,7 @@ class Heads(nn.Module):
         return [F.softmax(part, dim=1) for part in logits.split(self.sizes, dim=1)]
 
 
-def fit_heads(features: torch.Tensor, codes: torch.Tensor, ks: list[int], *, beta: float,
+def fit_heads(features: torch.Tensor, codes: Codes, ks: list[int], *, beta: float,
               seed: int) -> tuple[Heads, list[int]]:
     """Heads for every k in ks, RESTARTS each, fitted on a seeded sample by minibatch Adam on
     the loss (core/losses.py); returns them and, per k, the index of the restart with the lowest loss."""
@@ -84,7 +89,7 @@ def fit_heads(features: torch.Tensor, codes: torch.Tensor, ks: list[int], *, bet
     n = features.shape[0]
     size = max(FIT_SAMPLE, PER_CLUSTER * max(ks))
     fit_on = torch.randperm(n, generator=generator)[:size] if n > size else torch.arange(n)
-    x, u = features[fit_on].float(), codes[fit_on].float()
+    x, u = features[fit_on].float(), codes(fit_on).float()
     sizes = [k for k in ks for _ in range(RESTARTS)]
     heads = Heads(x.mean(0), x.std(0).clamp_min(1e-6), sizes, generator)
     optimizer = torch.optim.Adam(heads.parameters(), lr=LR)
@@ -183,7 +188,7 @@ def choose_k_by_heads(features: np.ndarray | torch.Tensor, codes: np.ndarray | t
             options[trained.k] = (trained.probabilities(x), trained)
         fitted = [k for k in ks if k not in options]
         if fitted:
-            heads, best = fit_heads(x, u, fitted, beta=beta, seed=seed)
+            heads, best = fit_heads(x, u.__getitem__, fitted, beta=beta, seed=seed)
             outputs = heads(x)
             column = 0
             for i, k in enumerate(fitted):
@@ -205,18 +210,21 @@ def choose_k_by_heads(features: np.ndarray | torch.Tensor, codes: np.ndarray | t
     return HeadChoice(**vars(clustering), choice=KChoice(k=k, criterion=CRITERION, k_max=ks[-1], scores=scores))
 
 
-def head_at(features: np.ndarray | torch.Tensor, codes: np.ndarray | torch.Tensor, k: int, *, beta: float,
-            seed: int = 0, trained: ClassifierHead | None = None) -> HeadClustering:
+def head_at(features: np.ndarray | torch.Tensor, codes: np.ndarray | torch.Tensor | Codes, k: int, *,
+            beta: float, seed: int = 0, trained: ClassifierHead | None = None) -> HeadClustering:
     """The best of RESTARTS heads fitted at one k, as `choose_k_by_heads` fits each candidate
-    (or `trained`, the run's classifier, at its own k): re-clustering an IMC-SwAV run at a k
-    given after training (core/recluster.py)."""
-    x, u = check_inputs(features, codes)
+    (or `trained`, the run's classifier, at its own k, where no code is read): re-clustering an
+    IMC-SwAV run at a k given after training (core/recluster.py). `codes`: every row's, or a
+    function giving the rows' at an index."""
+    x = check_features(features)
     if not 2 <= k <= x.shape[0]:
         raise InvalidInput(f"k={k} needs 2 <= k <= {x.shape[0]}, the images given")
     with torch.no_grad():
         if trained is not None and trained.k == k:
             return labelled(x, trained.probabilities(x), trained)
-    heads, best = fit_heads(x, u, [k], beta=beta, seed=seed)
+    if not callable(codes):
+        codes = check_inputs(x, codes)[1].__getitem__
+    heads, best = fit_heads(x, codes, [k], beta=beta, seed=seed)
     with torch.no_grad():
         probabilities = heads(x)[best[0]]
     return labelled(x, probabilities, ChosenHead(heads, best[0] * k, k))
@@ -229,11 +237,18 @@ def labelled(features: torch.Tensor, probabilities: torch.Tensor, head: nn.Modul
                           centres.numpy().astype(np.float32), head)
 
 
+def check_features(features: np.ndarray | torch.Tensor) -> torch.Tensor:
+    x = torch.as_tensor(features).float()
+    if x.ndim != 2 or x.shape[0] < 3:
+        raise InvalidInput(f"classifier heads need (N, d) features with N >= 3, got {tuple(x.shape)}")
+    return x
+
+
 def check_inputs(features: np.ndarray | torch.Tensor,
                  codes: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x, u = torch.as_tensor(features).float(), torch.as_tensor(codes).float()
-    if x.ndim != 2 or u.ndim != 2 or x.shape[0] != u.shape[0] or x.shape[0] < 3:
-        raise InvalidInput(f"classifier heads need (N, d) features and (N, K') codes with N >= 3, got "
+    x, u = check_features(features), torch.as_tensor(codes).float()
+    if u.ndim != 2 or x.shape[0] != u.shape[0]:
+        raise InvalidInput(f"classifier heads need (N, d) features and (N, K') codes, got "
                            f"{tuple(x.shape)} and {tuple(u.shape)}")
     return x, u
 
@@ -244,6 +259,12 @@ def prototype_codes(readout: nn.Module, features: np.ndarray) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([readout.codes(torch.from_numpy(features[part]).to(device)).cpu()  # type: ignore[operator]
                           for part in batches(features.shape[0], 4096)])
+
+
+def codes_at(readout: nn.Module, features: np.ndarray) -> Codes:
+    """The prototype distributions of the features' rows at an index, computed when asked: a head
+    reads only its fit sample's (5,000 of a 70,000-image job's rows)."""
+    return lambda index: prototype_codes(readout, features[index.numpy()])
 
 
 def imc_readout_of(readout: nn.Module | None) -> nn.Module | None:

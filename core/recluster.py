@@ -21,7 +21,7 @@ from torch import nn
 from core.calibration import Calibration, calibrate, calibrated_predictor
 from core.config import BOUNDS, IMCParams
 from core.errors import InvalidInput
-from core.kheads import HeadReadout, head_at, imc_readout_of, prototype_codes, trained_head
+from core.kheads import HeadReadout, codes_at, head_at, imc_readout_of, trained_head
 from core.kmeans import TOL, KMeansFit, distance_confidence, distance_scale, kmeans, lloyd, normalise, squared_distances
 from core.metrics import evaluate
 from core.predictor import Predictor
@@ -83,7 +83,7 @@ def recluster(embeddings: np.ndarray, k: int, *, seed: int = 0, labels: np.ndarr
     imc = imc_readout_of(readout)
     if imc is not None and k < x.shape[0]:
         features = np.asarray(embeddings)
-        chosen = head_at(features, prototype_codes(imc, features), k, beta=beta, seed=seed, trained=trained_head(imc))
+        chosen = head_at(features, codes_at(imc, features), k, beta=beta, seed=seed, trained=trained_head(imc))
         if len(np.unique(chosen.labels)) == k:  # else k-means, which keeps every cluster
             confidences, calibration = calibrate(chosen.confidences, features, chosen.labels, k, seed=seed)
             metrics = None if labels is None else evaluate(np.asarray(labels), chosen.labels, confidences)

@@ -12,6 +12,7 @@ from core.calibration import CalibratedReadout, Calibration
 from core.errors import InvalidInput
 from core.kheads import (
     DENSE_UP_TO,
+    FIT_SAMPLE,
     ClassifierHead,
     HeadReadout,
     candidates,
@@ -151,6 +152,21 @@ def test_a_head_fitted_at_another_k_labels_separated_clusters() -> None:
     assert np.array_equal(labels.numpy(), fitted.labels)
     with pytest.raises(InvalidInput, match="k=201 needs"):
         head_at(x, prototype_codes(x), 201, beta=4.0)
+
+
+def test_a_head_reads_only_its_fit_sample_s_codes_and_fits_as_from_the_full_table() -> None:
+    x, truth = blobs(k=4, per=2000, d=16, seed=2)  # 8,000 rows: more than the 5,000 a head fits on
+    table = prototype_codes(x)
+    asked: list[int] = []
+
+    def codes(index: torch.Tensor) -> torch.Tensor:
+        asked.append(len(index))
+        return table[index]
+
+    lazy, full = head_at(x, codes, 4, beta=4.0, seed=1), head_at(x, table, 4, beta=4.0, seed=1)
+    assert asked == [FIT_SAMPLE] and np.array_equal(lazy.labels, full.labels)
+    trained = ClassifierHead(nearest_mean_classifier(x, truth))
+    assert head_at(x, codes, 4, beta=4.0, trained=trained).head is trained and asked == [FIT_SAMPLE]
 
 
 def test_recluster_of_an_imc_run_is_its_classifier_at_its_training_k_and_a_fitted_head_elsewhere() -> None:
