@@ -99,7 +99,7 @@ def _not_migrated(settings: Settings, current: str | None) -> Misconfigured:
 
 
 def check_broker(settings: Settings) -> None:
-    if settings.broker_url.startswith("filesystem"):
+    if settings.is_filesystem_broker:
         return  # folders under the data folder, which check_data_dir covers; connecting makes them
     error = queue.broker_error(settings)
     if error is not None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from kombu import Connection
 from kombu.utils.url import maybe_sanitize_url
 
+from store import filesystem_broker
 from store.settings import Settings
 
 RUN_JOB = "corral.run_job"
@@ -28,10 +30,11 @@ TASKS = (RUN_JOB, RECLUSTER_JOB)
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Broker settings both sides must agree on."""
     options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_s}
-    if settings.broker_url.startswith("filesystem"):
+    if settings.is_filesystem_broker:
         options.update(_filesystem_folders(settings))
     return {
         "broker_url": settings.broker_url,
+        "broker_transport": broker_transport(settings),
         "broker_transport_options": options,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 5,
@@ -42,16 +45,39 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def broker_transport(settings: Settings) -> type[filesystem_broker.Transport] | None:
+    """The kombu transport for the broker URL; None lets kombu pick it by the URL's scheme.
+
+    `filesystem://` gets ours (files appear whole, see store/filesystem_broker.py): an explicit
+    transport takes precedence over the scheme in kombu's Connection and Celery's
+    `broker_transport`, so the URL users set and see stays `filesystem://`.
+    """
+    return filesystem_broker.Transport if settings.is_filesystem_broker else None
+
+
+def broker_connection(settings: Settings, **kwargs: Any) -> Connection:
+    """A kombu connection to the broker as the Celery apps make it (transport and options)."""
+    options = celery_config(settings)["broker_transport_options"]
+    return Connection(
+        settings.broker_url, transport=broker_transport(settings), transport_options=options, **kwargs
+    )
+
+
 def _filesystem_folders(settings: Settings) -> dict[str, Any]:
-    # One folder as both `in` and `out`: producer and consumer share the queue files.
-    queue = settings.broker_dir / "queue"
-    control = settings.broker_dir / "control"
-    for folder in (queue, control):
+    # One folder as both `in` and `out`: producer and consumer share the queue files. Staging
+    # holds files being written or claimed: on the queue's filesystem (renames are atomic only
+    # within one) and outside the queue folder, where `pending_job_ids` counts `*.msg`.
+    folders = {
+        name: settings.broker_dir / name for name in ("queue", "control", "staging", "rejected")
+    }
+    for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     return {
-        "data_folder_in": str(queue),
-        "data_folder_out": str(queue),
-        "control_folder": str(control),
+        "data_folder_in": str(folders["queue"]),
+        "data_folder_out": str(folders["queue"]),
+        "control_folder": str(folders["control"]),
+        "staging_folder": str(folders["staging"]),
+        "rejected_folder": str(folders["rejected"]),
         "store_processed": False,
     }
 
@@ -76,11 +102,8 @@ def broker_reachable(settings: Settings, *, timeout_s: float = 2.0) -> bool:
 
 def broker_error(settings: Settings, *, timeout_s: float = 2.0) -> str | None:
     """None when the broker answers, else the reason it did not (one line)."""
-    options = celery_config(settings)["broker_transport_options"]
     try:
-        with Connection(
-            settings.broker_url, transport_options=options, connect_timeout=timeout_s
-        ) as connection:
+        with broker_connection(settings, connect_timeout=timeout_s) as connection:
             connection.ensure_connection(max_retries=0, timeout=timeout_s)
         return None
     except Exception as error:  # any failure to connect means "not ready"
@@ -99,13 +122,23 @@ def pending_job_ids(settings: Settings) -> set[uuid.UUID] | None:
     None when this transport cannot be inspected (the caller then treats every old queued job
     as possibly lost). A duplicate message is harmless: the claim is a compare-and-set.
     """
-    if settings.broker_url.startswith("filesystem"):
-        folder = settings.broker_dir / "queue"
-        payloads = [path.read_bytes() for path in folder.glob("*.msg") if path.is_file()]
-        return _job_ids(payloads)
+    if settings.is_filesystem_broker:
+        return _job_ids(_queued_files(settings.broker_dir / "queue"))
     if settings.broker_url.startswith(("redis://", "rediss://")):
         return _redis_pending(settings)
     return None
+
+
+def _queued_files(folder: Path) -> list[bytes]:
+    """Each message file's bytes (written whole, store/filesystem_broker.py); one a consumer
+    claims between the listing and the read is skipped."""
+    payloads = []
+    for path in folder.glob("*.msg"):
+        try:
+            payloads.append(path.read_bytes())
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+    return payloads
 
 
 def _redis_pending(settings: Settings) -> set[uuid.UUID]:

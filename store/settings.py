@@ -88,6 +88,10 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
     @property
+    def is_filesystem_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem")
+
+    @property
     def broker_dir(self) -> Path:
         return self.data_dir / "broker"
 

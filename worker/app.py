@@ -43,7 +43,7 @@ def create_celery_app(settings: Settings, *, recluster: bool = False) -> Celery:
     )
     if recluster:
         app.conf.worker_proc_alive_timeout = CHILD_START_S
-        if settings.broker_url.startswith("filesystem"):
+        if settings.is_filesystem_broker:
             options = dict(app.conf.broker_transport_options)
             app.conf.broker_transport_options = options | {"polling_interval": RECLUSTER_POLL_S}
         worker_process_init.connect(_import_runner, weak=False)

@@ -9,7 +9,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from kombu import Connection
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,8 +31,7 @@ def take_message(settings: Settings) -> uuid.UUID | None:
 
     (Acked here because a clean close would restore it; a SIGKILL restores nothing.)
     """
-    options = queue.celery_config(settings)["broker_transport_options"]
-    with Connection(settings.broker_url, transport_options=options) as connection:
+    with queue.broker_connection(settings) as connection:
         message = connection.SimpleQueue(settings.queue_name).get(timeout=5)
         message.ack()
         return uuid.UUID(message.payload[0][0])  # [args, kwargs, embed]
@@ -93,8 +91,7 @@ def test_a_lost_reclustering_is_sent_again_to_its_own_queue(
     celery = queue.make_celery(settings)
     assert reaper.resend_lost(sessions, settings, celery) == [job_id]
     assert queue.pending_job_ids(settings) == {job_id}
-    options = queue.celery_config(settings)["broker_transport_options"]
-    with Connection(settings.broker_url, transport_options=options) as connection:
+    with queue.broker_connection(settings) as connection:
         assert connection.SimpleQueue(settings.queue_name).qsize() == 0  # not behind training jobs
         message = connection.SimpleQueue(settings.recluster_queue_name).get(timeout=5)
         assert message.headers["task"] == queue.RECLUSTER_JOB
