@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from queue import Empty
-from time import monotonic
+from time import monotonic_ns
 from typing import Any
 
 from kombu.exceptions import ChannelError
@@ -59,9 +59,10 @@ class Channel(filesystem.Channel):
     # kombu's own override renames AbstractChannel's `message`; this keeps kombu's signature.
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Put `payload` onto `queue`: staged, then renamed into the queue folder."""
-        # kombu's name (`<ms>_<uuid>.<queue>.msg`), the time zero-padded so that names sort in
-        # arrival order past a change in digit count.
-        name = f"{round(monotonic() * 1000):015d}_{uuid.uuid4()}.{queue}.msg"
+        # kombu's name (`<time>_<uuid>.<queue>.msg`) with the time in nanoseconds, zero-padded:
+        # names sort in arrival order past a change in digit count, and messages put within one
+        # millisecond (kombu's unit, where the uuid decided) keep theirs.
+        name = f"{monotonic_ns():020d}_{uuid.uuid4()}.{queue}.msg"
         try:
             self._write_whole(Path(self.data_folder_out) / name, dumps(payload))
         except OSError as error:

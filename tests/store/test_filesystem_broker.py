@@ -5,6 +5,7 @@ import json
 import logging
 import multiprocessing
 import threading
+import time
 import uuid
 from collections import Counter
 from multiprocessing.synchronize import Barrier, Event
@@ -59,9 +60,8 @@ def collect(
 ) -> list[tuple[int, int]]:
     """`count` deliveries; fewer when every consumer died (a crash fails the test, not a hang)."""
     got: list[tuple[int, int]] = []
-    deadline = threading.Event()
-    threading.Timer(DEADLINE_S, deadline.set).start()
-    while len(got) < count and not deadline.is_set():
+    deadline = time.monotonic() + DEADLINE_S  # not a Timer thread: it would hold the process at exit
+    while len(got) < count and time.monotonic() < deadline:
         try:
             got.append(received.get(timeout=0.5))
         except Empty:
@@ -119,7 +119,7 @@ def test_a_malformed_message_file_is_set_aside_and_the_valid_ones_still_delivere
     folder = settings.broker_dir / "queue"
     queue.celery_config(settings)  # makes the folders
     # Named to sort before any real message: the consumer meets them first.
-    bad = {f"{0:015d}_{uuid.uuid4()}.{QUEUE}.msg": content for content in (b"", b'{"body": "x', b"[1, 2]")}
+    bad = {f"{0:020d}_{uuid.uuid4()}.{QUEUE}.msg": content for content in (b"", b'{"body": "x', b"[1, 2]")}
     for name, content in bad.items():
         (folder / name).write_bytes(content)
 
