@@ -53,7 +53,8 @@ REG_COVAR = 1e-4  # added to the covariances' diagonal: a cluster of a few image
 TIE_BREAK = 0.01  # weight of the raw score, so images on one plateau of f keep their order
 # BLAS threads for the PCA and EM: their products are small (5,000 x 32 by 32 x 32, and 32 x 32
 # triangular solves), and on 2 cores two BLAS threads beside torch's OpenMP ones made EM 3-4 times
-# slower than one, with the same iterations and posteriors (bench/RESULTS.md, "Re-clustering", round 12)
+# slower than one. The iterations were the same; the posteriors differed only by floating-point
+# order, ECE by <= 0.003 on the six cached runs (bench/RESULTS.md, "Re-clustering in seconds").
 BLAS_THREADS = 1
 
 
