@@ -51,12 +51,16 @@ def row(dataset: str, method: str, truth: np.ndarray, labels: np.ndarray, raw: n
 def cached(path: Path, dataset: str, method: str) -> dict[str, object]:
     saved = np.load(path)
     labels, raw = saved["labels"].astype(np.int64), saved["confidences"]
+    space = saved["calibration_space"] if "calibration_space" in saved else saved["embeddings"]  # as cluster()
     started = time.perf_counter()
     k = len(saved["centres"])
-    calibrated, _ = calibrate(raw, saved["embeddings"], labels, k)
+    calibrated, _ = calibrate(raw, space, labels, k)
     scores = row(dataset, method, saved["truth"], labels, raw, calibrated, time.perf_counter() - started)
     scores["run"] = {name: saved[name].item() for name in ("acc", "epochs", "seconds") if name in saved}
-    return scores | {"candidates": candidates(raw, saved["embeddings"], labels, k, saved["truth"])}
+    if "calibration_space" in saved:  # the shipped mixture on the embedding, as before MMDC's space moved
+        scores["ece_on_embeddings"] = reliability(saved["truth"], labels, calibrate(raw, saved["embeddings"],
+                                                                                      labels, k)[0]).ece
+    return scores | {"candidates": candidates(raw, space, labels, k, saved["truth"])}
 
 
 def digits(method: str, budget_s: float) -> dict[str, object]:
@@ -71,7 +75,11 @@ def digits(method: str, budget_s: float) -> dict[str, object]:
     base = Predictor(result.predictor.readout.base, 32, 1, 10, method, result.predictor.precision)
     raw = base(resize(images[:, None], 32))[1]  # the images as the run saw them
     scores = row("digits", method, data.target, result.labels, raw, result.confidences, float("nan"))
-    return scores | {"candidates": candidates(raw, result.embeddings, result.labels, 10, data.target)}
+    space = result.embeddings if result.calibration_space is None else result.calibration_space
+    if result.calibration_space is not None:
+        scores["ece_on_embeddings"] = reliability(data.target, result.labels, calibrate(
+            raw, result.embeddings, result.labels, 10)[0]).ece
+    return scores | {"candidates": candidates(raw, space, result.labels, 10, data.target)}
 
 
 def toy(name: str, sizes: list[int], separation: float, dims: int, seed: int = 0) -> dict[str, object]:

@@ -8,7 +8,8 @@ Each file holds what calibration needs and nothing it would not have in the serv
 the method's raw (uncalibrated) confidences, embeddings, centres; plus the known classes
 (`truth`, only to score), the run's ACC/epochs/seconds and, for IMC-SwAV, the classifier's
 probabilities (`probabilities`, (N, k)) and its prototype cosines (`prototype_scores`, (N, K'))
-beside its encoder features (`embeddings`).
+beside its encoder features (`embeddings`); for MMDC, the projected backbone features its
+calibration fits on (`calibration_space`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def make(dataset: str, method: str, budget_s: float, root: Path) -> dict[str, np
             logits = base.net.classifier(features)
             saved["prototype_scores"] = base.net.scores(features).float().numpy().astype(np.float16)
         saved["probabilities"] = torch.softmax(logits.float(), 1).numpy()
+    if result.calibration_space is not None:  # MMDC: where its calibration fits, not its embeddings
+        saved["calibration_space"] = result.calibration_space
     return saved
 
 

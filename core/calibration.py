@@ -94,6 +94,23 @@ def posterior(embeddings: np.ndarray, labels: np.ndarray, k: int, seed: int) -> 
         return index, mixture.predict_proba(x)[np.arange(len(own)), column]
 
 
+def projected(features: np.ndarray, seed: int) -> np.ndarray:
+    """(N, <= DIMS) float32: `features` (N, F) on the DIMS principal axes of a seeded sample of
+    SAMPLE rows, for every row. A method whose embedding is not where calibration should look
+    (MMDC's, trained towards its own targets) hands these over, small enough to keep for
+    re-clustering; `reduce` then only centres and normalises them."""
+    n = features.shape[0]
+    if features.shape[1] <= DIMS:
+        return features.astype(np.float32)
+    index = sample(n, 1, seed)
+    with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+        rows = features[index].astype(np.float64)
+        dims = min(DIMS, rows.shape[0])
+        pca = PCA(dims, svd_solver="full" if dims == rows.shape[0] else "randomized", random_state=seed).fit(rows)
+        return np.concatenate([pca.transform(features[part:part + SAMPLE].astype(np.float64)).astype(np.float32)
+                               for part in range(0, n, SAMPLE)])
+
+
 def reduce(x: np.ndarray, seed: int) -> np.ndarray:
     """Centred, PCA to DIMS (fewer for fewer rows) when wider, rows to unit length: (S, <= DIMS) float32."""
     x = x.astype(np.float64) - x.mean(0)

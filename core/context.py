@@ -56,3 +56,7 @@ class MethodOutput:
     # mapping that produced `labels` (see core/predict.py). None for methods that cannot predict.
     predictor: torch.nn.Module | None = None
     precision: str = "fp32"  # what the predictor must run in to reproduce `labels`: bf16 or fp32
+    # (N, F) where calibration fits its mixture, if not `embeddings`: MMDC's backbone features, as
+    # its k-d embedding is trained towards its own targets and looks separated whatever the
+    # clusters' purity (docs/algorithms.md §8). None: the embeddings.
+    calibration_features: torch.Tensor | None = None

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.calibration import calibrate, calibrated_predictor
+from core.calibration import calibrate, calibrated_predictor, projected
 from core.checkpoint import Checkpoint
 from core.config import ClusterConfig
 from core.context import RunContext
@@ -89,6 +89,8 @@ def cluster(
         predictor=None if output.predictor is None else Predictor(
             output.predictor, image_size=images.shape[-1], channels=images.shape[1], k=len(output.centres),
             method=config.method, precision=output.precision),
+        calibration_space=None if output.calibration_features is None else projected(
+            output.calibration_features.float().cpu().numpy(), config.seed),
     )
     if config.k is None:
         ctx.report("choose_k", len(output.history), len(output.history))
@@ -111,7 +113,8 @@ def with_chosen_k(result: ClusterResult, n_images: int) -> ClusterResult:
         return with_chosen_head(result, readout, n_images)
     started = time.perf_counter()
     choice = choose_k(result.embeddings, result.config.k_max_for(n_images), seed=result.config.seed)
-    clustering = recluster(result.embeddings, choice.k, seed=result.config.seed)
+    clustering = recluster(result.embeddings, choice.k, seed=result.config.seed,
+                           calibration_space=result.calibration_space)
     result.timings["choose_k"] = time.perf_counter() - started
     return replace(result, labels=clustering.labels, confidences=clustering.confidences,
                    centres=clustering.centres, k_choice=choice,
@@ -134,7 +137,8 @@ def with_chosen_head(result: ClusterResult, readout: torch.nn.Module, n_images: 
 def calibrated(result: ClusterResult) -> ClusterResult:
     """`result` with its method's raw confidences replaced by estimates of P(cluster is right)
     (core/calibration.py), and a predictor that gives new images the same."""
-    confidences, calibration = calibrate(result.confidences, result.embeddings, result.labels, len(result.centres),
+    space = result.embeddings if result.calibration_space is None else result.calibration_space
+    confidences, calibration = calibrate(result.confidences, space, result.labels, len(result.centres),
                                          seed=result.config.seed)
     predictor = None if result.predictor is None else calibrated_predictor(result.predictor, calibration)
     return replace(result, confidences=confidences, predictor=predictor)

@@ -71,21 +71,27 @@ def fit_kmeans(x: torch.Tensor, k: int, generator: torch.Generator, *, sample_si
 
 
 def recluster(embeddings: np.ndarray, k: int, *, seed: int = 0, labels: np.ndarray | None = None,
-              readout: nn.Module | None = None, beta: float = IMCParams.beta) -> Reclustering:
+              readout: nn.Module | None = None, beta: float = IMCParams.beta,
+              calibration_space: np.ndarray | None = None) -> Reclustering:
     """k clusters of a run's embeddings (N, d): by a classifier head where `readout` (the run's
-    predictor's) is IMC-SwAV's and the head uses all k clusters, else by spherical k-means."""
+    predictor's) is IMC-SwAV's and the head uses all k clusters, else by spherical k-means.
+    Confidences are calibrated on the embeddings, or on `calibration_space` (N, d') where the run
+    kept one (ClusterResult.calibration_space)."""
     x = torch.as_tensor(np.asarray(embeddings))
     if x.ndim != 2 or x.shape[0] == 0:
         raise InvalidInput(f"embeddings must be (N, d) with N >= 1, got {tuple(x.shape)}")
     check_k(k, x.shape[0])
     if labels is not None and len(labels) != x.shape[0]:
         raise InvalidInput(f"labels has {len(labels)} entries for {x.shape[0]} embeddings; give one per image")
+    if calibration_space is not None and calibration_space.shape[0] != x.shape[0]:
+        raise InvalidInput(f"calibration_space has {calibration_space.shape[0]} rows for {x.shape[0]} embeddings")
     imc = imc_readout_of(readout)
     if imc is not None and k < x.shape[0]:
         features = np.asarray(embeddings)
         chosen = head_at(features, codes_at(imc, features), k, beta=beta, seed=seed, trained=trained_head(imc))
         if len(np.unique(chosen.labels)) == k:  # else k-means, which keeps every cluster
-            confidences, calibration = calibrate(chosen.confidences, features, chosen.labels, k, seed=seed)
+            space = features if calibration_space is None else calibration_space
+            confidences, calibration = calibrate(chosen.confidences, space, chosen.labels, k, seed=seed)
             metrics = None if labels is None else evaluate(np.asarray(labels), chosen.labels, confidences)
             return Reclustering(labels=chosen.labels, confidences=confidences, centres=chosen.centres,
                                 metrics=metrics, calibration=calibration, head=chosen.head)
@@ -95,7 +101,8 @@ def recluster(embeddings: np.ndarray, k: int, *, seed: int = 0, labels: np.ndarr
     predicted = fit.labels.numpy().astype(np.int64)
     scale = distance_scale(fit.distances)
     raw = distance_confidence(fit.distances, scale).numpy()
-    confidences, calibration = calibrate(raw, unit.numpy(), predicted, k, seed=seed)
+    space = unit.numpy() if calibration_space is None else calibration_space
+    confidences, calibration = calibrate(raw, space, predicted, k, seed=seed)
     return Reclustering(
         labels=predicted,
         confidences=confidences,

@@ -41,7 +41,8 @@ class ClusterResult:
     k-means: softmax of negative squared distances scaled by the mean distance to the own
     centre) mapped through a non-decreasing function fitted without labels
     (core/calibration.py) to the posterior of the image's own cluster under a Gaussian mixture
-    fitted by EM from the run's clusters on its embeddings. It keeps the raw score's ranking.
+    fitted by EM from the run's clusters on its embeddings (MMDC: its backbone's features). It
+    keeps the raw score's ranking.
     """
 
     labels: np.ndarray  # (N,) int64 in [0, k)
@@ -57,3 +58,6 @@ class ClusterResult:
     predictor: Predictor | None = None  # applies the trained clustering to new images
     # How k was chosen when the config left it None (then k = len(centres)); None when k was given
     k_choice: KChoice | None = None
+    # (N, <= 32) float32 where calibration fits its mixture, if not `embeddings` (MMDC: its
+    # backbone's features, projected by core.calibration.projected); kept for re-clustering
+    calibration_space: np.ndarray | None = None

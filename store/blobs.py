@@ -119,6 +119,12 @@ def embeddings_path(settings: Settings, job_id: uuid.UUID) -> Path:
     return job_dir(settings, job_id) / "embeddings.npy"
 
 
+def calibration_space_path(settings: Settings, job_id: uuid.UUID) -> Path:
+    """float32 (N, <= 32) .npy, rows as embeddings.npy: where the run calibrated, if not its
+    embeddings (ClusterResult.calibration_space); absent for methods that calibrate on those."""
+    return job_dir(settings, job_id) / "calibration_space.npy"
+
+
 def model_path(settings: Settings, job_id: uuid.UUID) -> Path:
     """The trained read-out (core.predict.save_model), for POST /jobs/{id}/predict."""
     return job_dir(settings, job_id) / "model.pt"

@@ -77,6 +77,10 @@ def run_reclustering(
     embeddings = np.load(path)
     if embeddings.shape[0] != len(images):
         raise RuntimeError(f"{path} has {embeddings.shape[0]} rows for {len(images)} assignments")
+    space_path = blobs.calibration_space_path(settings, source.id)
+    space = np.load(space_path) if space_path.is_file() else None  # MMDC's: where the source calibrated
+    if space is not None and space.shape[0] != len(images):
+        raise RuntimeError(f"{space_path} has {space.shape[0]} rows for {len(images)} assignments")
     if not 2 <= job.k <= len(images):
         raise InvalidInput(f"k={job.k} needs 2 <= k <= {len(images)}, the images the source clustered")
     truth, _ = folder_labels([image.path for image in images])
@@ -85,7 +89,7 @@ def run_reclustering(
     loaded = time.perf_counter()
     clustering = recluster(embeddings, job.k, seed=int(job.params.get("seed", 0)), labels=truth,
                            readout=None if base is None else base.readout,
-                           beta=ClusterConfig.from_dict(source.params).imc.beta)
+                           beta=ClusterConfig.from_dict(source.params).imc.beta, calibration_space=space)
     clustered = time.perf_counter()
     if base is not None:
         try:

@@ -220,11 +220,15 @@ def _run(
 
 
 def _save_outputs(result: ClusterResult, kept: list[Image], settings: Settings, job_id: uuid.UUID) -> None:
-    """Embeddings (rows in upload order, as the assignments) and the model for predictions."""
+    """Embeddings and any calibration space (rows in upload order, as the assignments) and the
+    model for predictions."""
     order = np.argsort([image.seq for image in kept], kind="stable")
     path = blobs.embeddings_path(settings, job_id)
     embeddings = result.embeddings[order].astype(np.float32)
     write_atomically(path, lambda handle: np.save(handle, embeddings))
+    if result.calibration_space is not None:
+        space = result.calibration_space[order].astype(np.float32)
+        write_atomically(blobs.calibration_space_path(settings, job_id), lambda handle: np.save(handle, space))
     if result.predictor is not None:
         save_model(result, blobs.model_path(settings, job_id))
 

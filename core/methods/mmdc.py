@@ -31,7 +31,7 @@ from core.data import augment
 from core.graphs import GraphedStep
 from core.methods.mmdc_plan import INPUT_SIZE, Plan, make_plan
 from core.models.backbones import Upsampled, build_backbone
-from core.models.mmdc_net import MMDCNet  # also the path models saved before it moved pickled
+from core.models.mmdc_net import FeaturesAndEmbedding, MMDCNet  # also the path models saved before it moved pickled
 from core.refine import kmeans_centres, kmeans_targets
 from core.runtime import (
     HostCopy,
@@ -310,7 +310,10 @@ def train_mmdc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> 
         end_epoch(ctx, state, epochs=plan.epochs, stage="refine" if refining else "clustering",
                   metrics={"loss": loss, "rotation_loss": rotation_loss, "images_per_s": images_per_s, **moved},
                   started=started, labels=lambda: readout(embed(), state.means)[0])
-    embeddings = embed()
+    # the backbone's features beside the embedding: calibration looks there (docs/algorithms.md §8)
+    both = infer(FeaturesAndEmbedding(state.model), images, partial(centre_view, plan=plan), ctx.device,
+                 precision=config.precision)
+    features, embeddings = both[:, :-config.k].contiguous(), both[:, -config.k:].contiguous()
     centres = state.means
     if plan.refine_epoch < plan.epochs:
         # after refinement a cluster is the nearest k-means centre (design.md), ids aligned with the axes
@@ -319,4 +322,5 @@ def train_mmdc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> 
     labels, confidences = readout(embeddings, centres)
     predictor = MMDCReadout(state.model, centres, images.shape[-1], plan.crops[0])
     return MethodOutput(labels, confidences, embeddings, centres, state.history, resumed_from,
-                        state.train_seconds, predictor, resolve_precision(ctx.device, config.precision))
+                        state.train_seconds, predictor, resolve_precision(ctx.device, config.precision),
+                        calibration_features=features)

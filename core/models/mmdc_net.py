@@ -21,3 +21,16 @@ class MMDCNet(nn.Module):
     def rotation_logits(self, x: torch.Tensor) -> torch.Tensor:
         assert self.rotation_head is not None
         return self.rotation_head(self.backbone(x))  # (B, 4)
+
+
+class FeaturesAndEmbedding(nn.Module):
+    """`net`'s backbone features (B, F) and its embedding (B, k) side by side, (B, F + k): one
+    pass gives both, and the embedding is the one `net` itself computes."""
+
+    def __init__(self, net: MMDCNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.net.backbone(x)
+        return torch.cat([features.float(), self.net.cluster_head(features).float()], 1)

@@ -2,7 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from core.calibration import DIMS, FULL_MAX_K, CalibratedReadout, Calibration, calibrate, posterior, reduce
+from core.calibration import (
+    DIMS,
+    FULL_MAX_K,
+    SAMPLE,
+    CalibratedReadout,
+    Calibration,
+    calibrate,
+    posterior,
+    projected,
+    reduce,
+)
 from core.config import ClusterConfig
 from core.kmeans import distance_confidence, distance_scale, kmeans
 from core.metrics import expected_calibration_error
@@ -126,3 +136,17 @@ def test_the_mixture_sees_no_more_dimensions_than_rows_or_dims(n, d):
     assert np.allclose(np.linalg.norm(reduced, axis=1), 1, atol=1e-5)
     confidences, _ = calibrate(np.random.default_rng(1).random(n), x, np.arange(n) % 3, 3)
     assert confidences.shape == (n,) and np.all((confidences >= 0) & (confidences <= 1))
+
+
+@pytest.mark.parametrize(("n", "d"), [(200, 64), (SAMPLE + 7, 40), (50, 20)])
+def test_projected_features_keep_the_posterior_the_features_give(n, d):
+    # MMDC hands calibration its backbone's features projected once for all rows; the mixture
+    # then sees what it would have seen on the features themselves
+    x, _ = blobs([n // 2, n - n // 2], separation=2.0, dims=d)
+    labels, _ = kmeans_run(x, 2)
+    space = projected(x, seed=0)
+    assert space.shape == (n, min(d, DIMS)) and space.dtype == np.float32
+    index, direct = posterior(x, labels, 2, seed=0)
+    same_index, via_space = posterior(space, labels, 2, seed=0)
+    assert np.array_equal(index, same_index)
+    np.testing.assert_allclose(via_space, direct, atol=1e-3)

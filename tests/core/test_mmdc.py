@@ -6,11 +6,15 @@ import pytest
 import torch
 
 from core import ClusterConfig, cluster
+from core.calibration import DIMS, CalibratedReadout, calibrate, projected
 from core.config import MMDCParams
+from core.data import augment
 from core.errors import InvalidInput
 from core.methods.mmdc import clustering_epoch, lookahead_targets, rotation_epoch, sample_targets
 from core.methods.mmdc_plan import SHORT_STEPS, make_plan
 from core.metrics import accuracy
+from core.pipeline import resize
+from core.predictor import Predictor
 from tests.core.conftest import mmdc_parts
 
 FAST = {"method": "mmdc", "epochs": 10, "batch_size": 16}
@@ -109,6 +113,25 @@ def test_cluster_recovers_three_separable_classes(images):
     assert [h["epoch"] for h in refined] == list(range(plan.refine_epoch + 1, 11)) and len(refined) >= 2
     assert all(0 < h["refine_smallest_share"] <= 1 / 3 for h in refined)
     assert refined[-1]["refine_kept"] >= 0.9  # converged: the k-means targets hardly move
+
+
+def test_confidences_are_calibrated_on_the_backbone_features_not_the_embedding(images):
+    # the k-d embedding is trained towards the run's own one-hot targets, so its clusters look
+    # separated whatever their purity; the calibration's mixture looks at the backbone instead
+    pixels, _ = images
+    result = cluster(pixels, ClusterConfig(k=3, **FAST))
+    space = result.calibration_space
+    assert space is not None and space.shape == (90, DIMS) and space.dtype == np.float32
+    assert result.predictor is not None and isinstance(result.predictor.readout, CalibratedReadout)
+    base = result.predictor.readout.base
+    labels, raw = Predictor(base, 32, 1, 3, "mmdc", result.predictor.precision)(resize(pixels, 32))
+    assert np.array_equal(labels, result.labels)  # the one pass for both keeps the embedding's labels
+    with torch.no_grad():
+        features = base.net.backbone(augment.centre_crops(resize(pixels, 32), base.size, base.crop))
+    # the lower principal axes of 90 striped images are near-degenerate: compare the first
+    assert abs(np.corrcoef(space[:, 0], projected(features.numpy(), seed=0)[:, 0])[0, 1]) > 0.999
+    expected, _ = calibrate(raw, space, result.labels, 3, seed=0)
+    np.testing.assert_allclose(result.confidences, expected, atol=1e-6)
 
 
 @pytest.mark.slow

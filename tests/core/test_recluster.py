@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import InvalidInput
 from core.kmeans import normalise
 from core.metrics import nmi
 from core.recluster import FIT_PER_CLUSTER, FIT_SAMPLE, fit_kmeans, recluster
@@ -84,3 +85,15 @@ def test_recluster_above_the_sample_size_labels_every_image() -> None:
     assert result.confidences.shape == (len(truth),) and np.isfinite(result.confidences).all()
     assert result.metrics is not None and result.metrics["nmi"] == pytest.approx(1.0)
     assert np.array_equal(recluster(x, 5, seed=2).labels, result.labels)
+
+
+def test_a_calibration_space_changes_the_confidences_only_and_must_have_a_row_per_image() -> None:
+    # MMDC jobs keep their backbone's projected features; a re-clustering calibrates there too
+    x, _ = blobs(k=3, per=40)
+    noise = np.random.default_rng(1).normal(size=(120, 8)).astype(np.float32)  # a space with no clusters
+    plain, spaced = recluster(x, 3), recluster(x, 3, calibration_space=noise)
+    assert np.array_equal(plain.labels, spaced.labels)
+    assert plain.confidences.mean() >= 0.9  # the blobs' own geometry: all right, and confident
+    assert spaced.confidences.mean() < plain.confidences.mean() - 0.2  # no clusters there: less sure
+    with pytest.raises(InvalidInput, match="calibration_space has 119 rows for 120 embeddings"):
+        recluster(x, 3, calibration_space=noise[:-1])

@@ -252,6 +252,40 @@ def test_a_reclustering_writes_its_own_result_from_the_source_embeddings(
     assert not blobs.embeddings_path(settings, job_id).exists()  # it reads its source's
 
 
+def test_an_mmdc_job_keeps_its_calibration_space_and_its_reclustering_calibrates_there(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    import numpy as np
+
+    source = stored_job(settings, sessions, {"k": 3, "method": "mmdc", "epochs": 2, "batch_size": 8})
+    assert execute_job(source, settings=settings, sessions=sessions) == JobState.SUCCEEDED
+    space = np.load(blobs.calibration_space_path(settings, source))
+    embeddings = np.load(blobs.embeddings_path(settings, source))
+    assert space.shape[0] == embeddings.shape[0] == 24 and embeddings.shape[1] == 3  # the k-d embedding
+    assert space.dtype == np.float32 and 3 < space.shape[1] <= 32  # the backbone's, projected
+    with sessions() as session, session.begin():
+        row = jobs.get_job(session, job_id=source)
+        assert row is not None
+        job_id = jobs.create_reclustering(session, source=row, k=2).id
+        broken_id = jobs.create_reclustering(session, source=row, k=2).id
+    assert execute_job(job_id, settings=settings, sessions=sessions) == JobState.SUCCEEDED
+    assert not blobs.calibration_space_path(settings, job_id).exists()  # it reads its source's
+    np.save(blobs.calibration_space_path(settings, source), space[:-1])  # a row short: not this job's
+    assert execute_job(broken_id, settings=settings, sessions=sessions) == JobState.FAILED
+    with sessions() as session:
+        job = jobs.get_job(session, job_id=broken_id)
+        assert job is not None and job.error is not None and "23 rows for 24 assignments" in job.error["detail"]
+
+
+def test_a_kmeans_job_calibrates_on_its_embeddings_and_keeps_no_other_space(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    job_id = stored_job(settings, sessions, {"k": 3, "method": "kmeans"})
+    assert execute_job(job_id, settings=settings, sessions=sessions) == JobState.SUCCEEDED
+    assert blobs.embeddings_path(settings, job_id).is_file()
+    assert not blobs.calibration_space_path(settings, job_id).exists()
+
+
 def test_a_reclustering_whose_source_lost_its_embeddings_fails_clearly(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
