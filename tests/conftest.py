@@ -2,6 +2,10 @@
 
 Postgres tests run each in a transaction that is rolled back; SQLite tests each get a copy of a
 migrated template file (pysqlite cannot nest the savepoints the rollback pattern needs).
+
+The session's Postgres database (`pg_url`) stays empty: rolled-back tests count its rows. A test
+whose rows are committed (its own engine, a worker process, the worker's heartbeat thread) takes
+a database of its own: tests/worker and tests/e2e override `pg_url` with `fresh_pg_database()`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from store import jobs
 from store.db import make_engine, make_sessionmaker
 from store.models import Job
 from store.settings import Settings
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, fresh_pg_database
 
 ROOT = Path(__file__).resolve().parents[2]
 # A killed worker on this host is found by its pid at once; the heartbeat limit only matters for
@@ -33,6 +33,14 @@ def worker_env(settings: Settings) -> dict[str, str]:
         env[f"CORRAL_{name.upper()}"] = str(value)
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """Real workers and the app's own engine commit: each test gets a Postgres database of its
+    own, not the suite's shared one, whose rolled-back tests expect it empty."""
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.hookimpl(wrapper=True)
