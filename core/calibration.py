@@ -77,9 +77,12 @@ def sample(n: int, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False)) if size < n else np.arange(n)
 
 
-def posterior(embeddings: np.ndarray, labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def posterior(embeddings: np.ndarray, labels: np.ndarray, k: int, seed: int,
+              em_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(sample index (S,), P(own cluster | embedding) (S,) in [0, 1]): the posterior of a Gaussian
-    mixture fitted by EM from the run's clusters, one component per cluster in the sample."""
+    mixture fitted by EM from the run's clusters, one component per cluster in the sample.
+    `em_seed` (default `seed`) seeds sklearn's k-means that gives EM its first weights and
+    covariances; the sample is `seed`'s either way."""
     index = sample(embeddings.shape[0], k, seed)
     with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
         x, own = reduce(embeddings[index], seed).astype(np.float64), labels[index]
@@ -87,7 +90,8 @@ def posterior(embeddings: np.ndarray, labels: np.ndarray, k: int, seed: int) -> 
         means = np.stack([x[column == c].mean(0) for c in range(len(present))])
         iterations = int(np.clip(EM_COST // (len(x) * len(present)), MIN_ITERATIONS, 100))
         mixture = GaussianMixture(len(present), covariance_type="full" if k <= FULL_MAX_K else "diag",
-                                  means_init=means, reg_covar=REG_COVAR, max_iter=iterations, random_state=seed)
+                                  means_init=means, reg_covar=REG_COVAR, max_iter=iterations,
+                                  random_state=seed if em_seed is None else em_seed)
         with warnings.catch_warnings():  # an EM stopped at `iterations` is still a fitted mixture
             warnings.filterwarnings("ignore", category=ConvergenceWarning)
             mixture.fit(x)
