@@ -243,6 +243,8 @@ def quality(trained_dir: Path, trained: dict[str, Any], ks: tuple[int, ...]) -> 
         truth, _ = folder_labels([image.path for image in results.clustered_images(session, job_id=source)])
     assert truth is not None
     embeddings = np.load(blobs.embeddings_path(settings, source))
+    space_path = blobs.calibration_space_path(settings, source)  # MMDC's, as the worker reads it
+    space = np.load(space_path) if space_path.is_file() else None
     unit = normalise(torch.from_numpy(embeddings))
     readout = load_model(blobs.model_path(settings, source)).readout
 
@@ -266,7 +268,7 @@ def quality(trained_dir: Path, trained: dict[str, Any], ks: tuple[int, ...]) -> 
         # service calls it (IMC-SwAV: a classifier head), and without (k-means)
         for name, given in (("service", readout), ("kmeans_only", None)):
             started = time.perf_counter()
-            done = recluster(embeddings, k, labels=truth, readout=given)
+            done = recluster(embeddings, k, labels=truth, readout=given, calibration_space=space)
             assert done.metrics is not None
             row[name] = {"s": round(time.perf_counter() - started, 3), "head": done.head is not None,
                          "nmi": round(done.metrics["nmi"], 4), "acc": round(done.metrics["acc"], 4)}
