@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -74,13 +75,9 @@ def run_reclustering(
     path = blobs.embeddings_path(settings, source.id)
     if not path.is_file():
         raise InvalidInput(f"the source job {source.id} finished before embeddings were kept")
-    embeddings = np.load(path)
-    if embeddings.shape[0] != len(images):
-        raise RuntimeError(f"{path} has {embeddings.shape[0]} rows for {len(images)} assignments")
-    space_path = blobs.calibration_space_path(settings, source.id)
-    space = np.load(space_path) if space_path.is_file() else None  # MMDC's: where the source calibrated
-    if space is not None and space.shape[0] != len(images):
-        raise RuntimeError(f"{space_path} has {space.shape[0]} rows for {len(images)} assignments")
+    embeddings = _rows(path, len(images))
+    space_path = blobs.calibration_space_path(settings, source.id)  # MMDC's: where the source calibrated
+    space = _rows(space_path, len(images)) if space_path.is_file() else None
     if not 2 <= job.k <= len(images):
         raise InvalidInput(f"k={job.k} needs 2 <= k <= {len(images)}, the images the source clustered")
     truth, _ = folder_labels([image.path for image in images])
@@ -138,3 +135,11 @@ def run_reclustering(
             raise JobLost(str(job.id))
     log.info("re-clustering %s of %s at k=%d: %.2f s", job.id, source.id, job.k, timings["total"])
     return JobState.SUCCEEDED
+
+
+def _rows(path: Path, n: int) -> np.ndarray:
+    """The .npy array at `path`, which the source wrote with one row per clustered image."""
+    array = np.load(path)
+    if array.shape[0] != n:  # ours, not the user's: the files and the rows were written together
+        raise RuntimeError(f"{path} has {array.shape[0]} rows for {n} assignments")
+    return array
