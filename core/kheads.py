@@ -8,7 +8,7 @@ new run. Each k gets RESTARTS heads (the objective has local optima) and keeps t
 reaches the best objective on the images it was fitted on, so no label is involved. Its
 partition is scored by the silhouette of the centred, normalised features, and the
 best-scoring k's head labels the images. At the training k the candidate is the run's own
-classifier (`ClassifierHead`).
+classifier (`ClassifierHead`), and a head beats it only by a significant margin (`chosen`).
 
 Why not k-means on the same features (core/kselect.py, the path of MMDC and k-means): the IMC
 features hold sub-styles that k-means splits. On the cached 10,000-image MNIST run the silhouette
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import silhouette_score
+from scipy.stats import norm
+from sklearn.metrics import silhouette_samples
 from torch import nn
 
 from core.errors import InvalidInput
@@ -44,6 +45,13 @@ BATCH = 512
 LR = 3e-3
 DENSE_UP_TO = 20  # every k up to here is a candidate; above it a grid (each head costs k columns)
 GRID_STEP = 1.25  # above DENSE_UP_TO, each candidate about this much larger than the one before
+# A fitted head replaces the run's classifier (the training k's candidate) only where its
+# silhouette is higher by a significant margin: a one-sided test at this level of the mean paired
+# per-point difference, Bonferroni-corrected over the other candidates (z = 2.84 for k_max = 50).
+# The classifier trained on every crop for the whole run and the heads were fitted afterwards, so
+# on a plateau the heads' partitions are the weaker ones (bench/RESULTS.md, "Choosing k, the
+# classifier unless beaten").
+ALPHA = 0.05
 
 # The prototype distributions of the rows at an index: (S,) -> (S, K'). A head is fitted on
 # FIT_SAMPLE rows, so re-clustering computes codes for those only (`head_at`).
@@ -197,17 +205,35 @@ def choose_k_by_heads(features: np.ndarray | torch.Tensor, codes: np.ndarray | t
     sample, unit = silhouette_sample(x, seed)
     distances = torch.cdist(torch.from_numpy(unit), torch.from_numpy(unit)).clamp_min_(0).numpy()
     np.fill_diagonal(distances, 0)
-    scored: dict[int, float] = {}  # k -> silhouette, for the heads that use all k clusters
+    points: dict[int, np.ndarray] = {}  # k -> per-point silhouettes, for the heads that use all k clusters
     for k in ks:
         labels = options[k][0].argmax(1)
         used = len(torch.unique(labels))  # a head that leaves a cluster empty is not a k-partition
         sampled = labels[sample].numpy()
         if used == k and 1 < len(np.unique(sampled)) < len(sampled):
-            scored[k] = float(silhouette_score(distances, sampled, metric="precomputed"))
-    scores = [(k, scored.get(k, -math.inf)) for k in ks]
-    k = max(scored, key=scored.__getitem__) if scored else ks[0]
+            points[k] = silhouette_samples(distances, sampled, metric="precomputed")
+    scores = [(k, float(points[k].mean()) if k in points else -math.inf) for k in ks]
+    k = chosen(points, None if trained is None else trained.k) if points else ks[0]
     clustering = labelled(x, *options[k])
     return HeadChoice(**vars(clustering), choice=KChoice(k=k, criterion=CRITERION, k_max=ks[-1], scores=scores))
+
+
+def chosen(points: dict[int, np.ndarray], trained_k: int | None) -> int:
+    """The k of the best mean silhouette among the training k and the candidates that beat it
+    significantly (ALPHA); the plain best where the training k has no partition."""
+    best = max(points, key=lambda k: float(points[k].mean()))
+    if trained_k not in points or best == trained_k:
+        return best
+    base = points[trained_k]
+    threshold = float(norm.isf(ALPHA / max(1, len(points) - 1)))
+
+    def significant(k: int) -> bool:
+        difference = points[k] - base
+        error = float(difference.std(ddof=1)) / math.sqrt(len(difference))
+        return float(difference.mean()) > threshold * error
+
+    beating = [k for k in points if k != trained_k and significant(k)]
+    return max([trained_k, *beating], key=lambda k: float(points[k].mean()))
 
 
 def head_at(features: np.ndarray | torch.Tensor, codes: np.ndarray | torch.Tensor | Codes, k: int, *,

@@ -17,6 +17,7 @@ from core.kheads import (
     HeadReadout,
     candidates,
     choose_k_by_heads,
+    chosen,
     head_at,
     imc_readout_of,
 )
@@ -139,6 +140,26 @@ def test_the_run_s_own_classifier_is_the_candidate_of_its_training_k() -> None:
     assert adjusted_rand_score(truth, chosen.labels) == 1.0
     again = head_at(x, prototype_codes(x), 5, beta=4.0, trained=trained)  # re-clustering at k = 5
     assert again.head is trained and np.array_equal(again.labels, chosen.labels)
+
+
+def test_a_head_replaces_the_run_s_classifier_only_by_a_significant_margin() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.2, 0.1, 3000)  # per-point silhouettes of the classifier's partition (k = 10)
+    noise = np.tile([0.05, -0.05], 1500)  # per point, around a mean gain of 0.0005: 0.55 standard errors
+    points = {10: base, 7: base + 0.0005 + noise, 12: base - 0.01}
+    assert chosen(points, trained_k=10) == 10  # 7 is higher by noise: the plateau keeps the classifier
+    assert chosen(points, trained_k=None) == 7  # without a trained candidate, the plain best
+    points[4] = base + 0.02 + noise  # 22 standard errors
+    assert chosen(points, trained_k=10) == 4  # clearly higher: the head wins
+    assert chosen({10: base}, trained_k=10) == 10 and chosen({7: base}, trained_k=10) == 7
+
+
+def test_a_trained_classifier_that_splits_the_clusters_gives_way_to_their_number() -> None:
+    x, truth = blobs(k=4, per=40, d=32, seed=3)
+    split = truth * 2 + np.arange(len(truth)) % 2  # the run's classifier cut every cluster in two at random
+    trained = ClassifierHead(nearest_mean_classifier(x, split))
+    choice = choose_k_by_heads(x, prototype_codes(x), 10, beta=4.0, trained=trained)
+    assert trained.k == 8 and choice.choice.k == 4 and adjusted_rand_score(truth, choice.labels) == 1.0
 
 
 def test_a_head_fitted_at_another_k_labels_separated_clusters() -> None:
