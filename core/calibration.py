@@ -23,8 +23,9 @@ run's own targets. Averaging mixtures fitted on resampled halves or from several
 held-out (cross-fitted) posteriors, the fit of best likelihood among several, covariance
 shrinkage chosen by held-out likelihood and randomly started mixtures were measured as
 replacements and not kept: none met the target on all runs, each made a run that is now within
-it worse, and the averages cost 2-4 times the time. Many small mixtures pooled meet it on Fashion-MNIST but lower every confidence
-the smaller they are, so MNIST IMC-SwAV falls to 0.23-0.37 (bench/RESULTS.md, "Calibration").
+it worse, and the averages cost 2-4 times the time. Many small mixtures pooled meet it on
+Fashion-MNIST but lower every confidence the smaller they are, so MNIST IMC-SwAV falls to
+0.23-0.37 (bench/RESULTS.md, "Calibration").
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ new run. Each k gets RESTARTS heads (the objective has local optima) and keeps t
 reaches the best objective on the images it was fitted on, so no label is involved. Its
 partition is scored by the silhouette of the centred, normalised features, and the
 best-scoring k's head labels the images. At the training k the candidate is the run's own
-classifier (`ClassifierHead`), and a head beats it only by a significant margin (`chosen`).
+classifier (`ClassifierHead`), and a head beats it only by a significant margin (`chosen_k`).
 
 Why not k-means on the same features (core/kselect.py, the path of MMDC and k-means): the IMC
 features hold sub-styles that k-means splits. On the cached 10,000-image MNIST run the silhouette
@@ -213,27 +213,25 @@ def choose_k_by_heads(features: np.ndarray | torch.Tensor, codes: np.ndarray | t
         if used == k and 1 < len(np.unique(sampled)) < len(sampled):
             points[k] = silhouette_samples(distances, sampled, metric="precomputed")
     scores = [(k, float(points[k].mean()) if k in points else -math.inf) for k in ks]
-    k = chosen(points, None if trained is None else trained.k) if points else ks[0]
+    k = chosen_k(points, None if trained is None else trained.k) if points else ks[0]
     clustering = labelled(x, *options[k])
     return HeadChoice(**vars(clustering), choice=KChoice(k=k, criterion=CRITERION, k_max=ks[-1], scores=scores))
 
 
-def chosen(points: dict[int, np.ndarray], trained_k: int | None) -> int:
+def chosen_k(points: dict[int, np.ndarray], trained_k: int | None) -> int:
     """The k of the best mean silhouette among the training k and the candidates that beat it
     significantly (ALPHA); the plain best where the training k has no partition."""
-    best = max(points, key=lambda k: float(points[k].mean()))
+    means = {k: float(values.mean()) for k, values in points.items()}
+    best = max(means, key=means.__getitem__)
     if trained_k not in points or best == trained_k:
         return best
-    base = points[trained_k]
     threshold = float(norm.isf(ALPHA / max(1, len(points) - 1)))
 
     def significant(k: int) -> bool:
-        difference = points[k] - base
-        error = float(difference.std(ddof=1)) / math.sqrt(len(difference))
-        return float(difference.mean()) > threshold * error
+        difference = points[k] - points[trained_k]
+        return float(difference.mean()) > threshold * float(difference.std(ddof=1)) / math.sqrt(len(difference))
 
-    beating = [k for k in points if k != trained_k and significant(k)]
-    return max([trained_k, *beating], key=lambda k: float(points[k].mean()))
+    return max([trained_k, *(k for k in points if k != trained_k and significant(k))], key=means.__getitem__)
 
 
 def head_at(features: np.ndarray | torch.Tensor, codes: np.ndarray | torch.Tensor | Codes, k: int, *,

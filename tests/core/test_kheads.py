@@ -17,7 +17,7 @@ from core.kheads import (
     HeadReadout,
     candidates,
     choose_k_by_heads,
-    chosen,
+    chosen_k,
     head_at,
     imc_readout_of,
 )
@@ -147,11 +147,11 @@ def test_a_head_replaces_the_run_s_classifier_only_by_a_significant_margin() -> 
     base = rng.normal(0.2, 0.1, 3000)  # per-point silhouettes of the classifier's partition (k = 10)
     noise = np.tile([0.05, -0.05], 1500)  # per point, around a mean gain of 0.0005: 0.55 standard errors
     points = {10: base, 7: base + 0.0005 + noise, 12: base - 0.01}
-    assert chosen(points, trained_k=10) == 10  # 7 is higher by noise: the plateau keeps the classifier
-    assert chosen(points, trained_k=None) == 7  # without a trained candidate, the plain best
+    assert chosen_k(points, trained_k=10) == 10  # 7 is higher by noise: the plateau keeps the classifier
+    assert chosen_k(points, trained_k=None) == 7  # without a trained candidate, the plain best
     points[4] = base + 0.02 + noise  # 22 standard errors
-    assert chosen(points, trained_k=10) == 4  # clearly higher: the head wins
-    assert chosen({10: base}, trained_k=10) == 10 and chosen({7: base}, trained_k=10) == 7
+    assert chosen_k(points, trained_k=10) == 4  # clearly higher: the head wins
+    assert chosen_k({10: base}, trained_k=10) == 10 and chosen_k({7: base}, trained_k=10) == 7
 
 
 def test_a_trained_classifier_that_splits_the_clusters_gives_way_to_their_number() -> None:
