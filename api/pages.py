@@ -151,6 +151,7 @@ class KChoicePlot:
     criterion: str
     k: int
     k_max: int
+    note: str | None  # why k is not the highest-scoring k, where it is not
     points: list[KScorePoint]
     line: str  # SVG polyline points
     width: int
@@ -182,6 +183,7 @@ def k_choice_plot(selection: dict[str, Any] | None) -> KChoicePlot | None:
         criterion=str(selection.get("criterion", "")),
         k=chosen,
         k_max=int(selection.get("k_max", ks[-1])),
+        note=None if selection.get("note") is None else str(selection["note"]),
         points=points,
         line=" ".join(f"{p.x},{p.y}" for p in points),
         width=PLOT_WIDTH,

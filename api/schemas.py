@@ -176,6 +176,8 @@ class KSelection(BaseModel):
     criterion: str = Field(description="what was maximised over the ks tried")
     k_max: int = Field(description="the largest k tried")
     scores: list[KScore] = Field(description="the criterion for every k tried, ascending k")
+    note: str | None = Field(None, description="why k is not the highest-scoring k, where it is not (IMC-SwAV "
+                             "keeps its trained classifier unless a fitted head is significantly higher)")
 
 
 JobStateName = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]

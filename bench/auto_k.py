@@ -3,6 +3,8 @@
     python -m bench.auto_k --set mnist --subset 10000 --time 240 --out bench/results/auto_k-mnist10k-imc.json
     python -m bench.auto_k --set fashion-mnist --subset 10000 --time 240 --out ...
     python -m bench.auto_k --set digits --time 60 --out bench/results/auto_k-digits-imc.json
+    python -m bench.auto_k --set mnist-0-4 --time 240 --out ...      # 10,000 images of five digits
+    python -m bench.auto_k --set mnist+fashion --time 240 --out ...  # 5,000 of each, twenty classes
 
 MNIST and Fashion-MNIST come from ../shared/datasets at their own 28 px (bench/datasets.py, the
 working size an upload of them gets, core.data.images.auto_image_size; --image-size resizes);
@@ -47,6 +49,19 @@ def images_of(name: str, data: Path, subset: int | None) -> tuple[torch.Tensor, 
             decoded = read_images(archive)
         assert decoded.labels is not None
         images, labels = decoded.images, np.asarray(decoded.labels)
+    elif name == "mnist-0-4":  # five classes, for a k that is not the training k
+        from bench.datasets import load
+
+        images, labels = load("mnist", data, split="train", native=True)
+        keep = np.flatnonzero(labels < 5)[:10_000]
+        images, labels = images[keep], labels[keep]
+    elif name == "mnist+fashion":  # twenty classes: 5,000 of each set, Fashion-MNIST's as 10-19
+        from bench.datasets import load
+
+        digits, digit_labels = load("mnist", data, split="train", native=True)
+        clothes, clothes_labels = load("fashion-mnist", data, split="train", native=True)
+        images = torch.cat([digits[:5000], clothes[:5000]])
+        labels = np.concatenate([digit_labels[:5000], clothes_labels[:5000] + 10])
     else:
         from bench.datasets import load
 
@@ -82,7 +97,8 @@ def trained_classifier_nmi(result: ClusterResult, labels: np.ndarray) -> float |
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--set", choices=("mnist", "fashion-mnist", "digits"), default="digits")
+    parser.add_argument("--set", choices=("mnist", "fashion-mnist", "digits", "mnist-0-4", "mnist+fashion"),
+                        default="digits")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
     parser.add_argument("--subset", type=int, default=None, help="the first N training images")
     parser.add_argument("--method", default="auto", help="the default method unless given")

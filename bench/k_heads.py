@@ -8,7 +8,8 @@ Each .npz is written by bench/calibration_cache.py or `bench/auto_k.py --save` (
 prototype_scores, probabilities, truth). The prototype distributions are the softmax of the
 cosines at IMC's temperature, as `IMCReadout.codes` gives them in a job; the saved classifier
 probabilities are the training k's candidate, as the run's classifier is in a job. The known
-classes only score the choices.
+classes only score the choices. `heads_points_error_only` is the same heads' choice under round
+14's test, whose standard error left out the spread between fits (`core.kheads.fit_noise` = 0).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import time
 from pathlib import Path
 from typing import cast
+from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -54,6 +56,8 @@ def scored(path: Path, seed: int, k_max: int) -> dict[str, object]:
     started = time.perf_counter()
     heads = choose_k_by_heads(features, codes, k_max, beta=params.beta, seed=seed, trained=trained)
     heads_s = time.perf_counter() - started
+    with patch("core.kheads.fit_noise", return_value=0.0):  # round 14's rule: the points' error alone
+        points_only = choose_k_by_heads(features, codes, k_max, beta=params.beta, seed=seed, trained=trained)
     started = time.perf_counter()
     partitions = choose_k(features, k_max, seed=seed)
     kmeans_labels = recluster(features, partitions.k, seed=seed).labels
@@ -67,6 +71,8 @@ def scored(path: Path, seed: int, k_max: int) -> dict[str, object]:
         "heads": {"k": heads.choice.k, "nmi": normalized_mutual_info_score(truth, heads.labels),
                   "k_by_plain_maximum": max(finite, key=lambda pair: pair[1])[0],
                   "seconds": heads_s, "scores": heads.choice.to_dict()["scores"]},
+        "heads_points_error_only": {"k": points_only.choice.k,
+                                    "nmi": normalized_mutual_info_score(truth, points_only.labels)},
         "kmeans_partitions": {"k": partitions.k, "nmi": normalized_mutual_info_score(truth, kmeans_labels),
                               "seconds": kmeans_s},
     }
@@ -86,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             rows.append(scored(path, seed, args.k_max))
             row = rows[-1]
-            print(f"{row['run']} seed {seed}: heads k={row['heads']['k']} NMI {row['heads']['nmi']:.3f} | "  # type: ignore[index]
+            print(f"{row['run']} seed {seed}: heads k={row['heads']['k']} NMI {row['heads']['nmi']:.3f} "  # type: ignore[index]
+                  f"(points' error only: k={row['heads_points_error_only']['k']}) | "  # type: ignore[index]
                   f"k-means k={row['kmeans_partitions']['k']} NMI {row['kmeans_partitions']['nmi']:.3f} | "  # type: ignore[index]
                   f"classifier@10 {row['classifier_nmi_at_10']:.3f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -189,6 +189,8 @@ def report(client: httpx.Client, job: dict[str, Any]) -> int:
     chosen = job.get("k_selection")
     how = f" (k chosen by {chosen['criterion']} from 2..{chosen['k_max']})" if chosen else ""
     print(f"{job['counts']['clustered']} images -> {len(clusters)} clusters{how}")
+    if chosen and chosen.get("note"):
+        print(f"  {chosen['note']}")
     for cluster in clusters:
         print(f"  cluster {cluster['id']:>3}: {cluster['size']:>6} images, "
               f"mean confidence {cluster['mean_confidence']:.3f}")

@@ -47,10 +47,12 @@ DENSE_UP_TO = 20  # every k up to here is a candidate; above it a grid (each hea
 GRID_STEP = 1.25  # above DENSE_UP_TO, each candidate about this much larger than the one before
 # A fitted head replaces the run's classifier (the training k's candidate) only where its
 # silhouette is higher by a significant margin: a one-sided test at this level of the mean paired
-# per-point difference, Bonferroni-corrected over the other candidates (z = 2.84 for k_max = 50).
-# The classifier trained on every crop for the whole run and the heads were fitted afterwards, so
-# on a plateau the heads' partitions are the weaker ones (bench/RESULTS.md, "Choosing k, the
-# classifier unless beaten").
+# per-point difference, Bonferroni-corrected over the other candidates (z = 2.84 for k_max = 50),
+# whose standard error also holds the spread between fits of one k (`fit_noise`: 0.008-0.012 on
+# the 10,000-image runs, where the points' own error was 0.002-0.003). The classifier trained on
+# every crop for the whole run and the heads were fitted afterwards, so on a plateau the heads'
+# partitions are the weaker ones (bench/RESULTS.md, "Choosing k, the classifier unless beaten",
+# "Choosing k: the spread between fits").
 ALPHA = 0.05
 
 # The prototype distributions of the rows at an index: (S,) -> (S, K'). A head is fitted on
@@ -191,6 +193,7 @@ def choose_k_by_heads(features: np.ndarray | torch.Tensor, codes: np.ndarray | t
     x, u = check_inputs(features, codes)
     ks = candidates(min(k_max, x.shape[0] - 1))  # silhouette needs fewer clusters than points
     options: dict[int, tuple[torch.Tensor, nn.Module]] = {}  # k -> (probabilities (N, k), head)
+    restarts: dict[int, tuple[list[torch.Tensor], int]] = {}  # fitted k -> (every restart's probabilities, best)
     with torch.no_grad():
         if trained is not None and trained.k in ks:
             options[trained.k] = (trained.probabilities(x), trained)
@@ -200,27 +203,59 @@ def choose_k_by_heads(features: np.ndarray | torch.Tensor, codes: np.ndarray | t
             outputs = heads(x)
             column = 0
             for i, k in enumerate(fitted):
+                restarts[k] = (outputs[i * RESTARTS:(i + 1) * RESTARTS], best[i])
                 options[k] = (outputs[i * RESTARTS + best[i]], ChosenHead(heads, column + best[i] * k, k))
                 column += RESTARTS * k
     sample, unit = silhouette_sample(x, seed)
     distances = torch.cdist(torch.from_numpy(unit), torch.from_numpy(unit)).clamp_min_(0).numpy()
     np.fill_diagonal(distances, 0)
+
+    def silhouettes(probabilities: torch.Tensor) -> np.ndarray | None:
+        """Per-point silhouettes of a head's partition; None where it is not a k-partition."""
+        labels = probabilities.argmax(1)
+        sampled = labels[sample].numpy()
+        if len(torch.unique(labels)) < probabilities.shape[1] or not 1 < len(np.unique(sampled)) < len(sampled):
+            return None  # a head that leaves a cluster empty is not a k-partition
+        return silhouette_samples(distances, sampled, metric="precomputed")
+
+    per_restart = {k: [silhouettes(p) for p in outputs] for k, (outputs, _) in restarts.items()}
     points: dict[int, np.ndarray] = {}  # k -> per-point silhouettes, for the heads that use all k clusters
     for k in ks:
-        labels = options[k][0].argmax(1)
-        used = len(torch.unique(labels))  # a head that leaves a cluster empty is not a k-partition
-        sampled = labels[sample].numpy()
-        if used == k and 1 < len(np.unique(sampled)) < len(sampled):
-            points[k] = silhouette_samples(distances, sampled, metric="precomputed")
+        values = per_restart[k][restarts[k][1]] if k in restarts else silhouettes(options[k][0])
+        if values is not None:
+            points[k] = values
     scores = [(k, float(points[k].mean()) if k in points else -math.inf) for k in ks]
-    k = chosen_k(points, None if trained is None else trained.k) if points else ks[0]
+    k = chosen_k(points, None if trained is None else trained.k, fit_noise(per_restart)) if points else ks[0]
     clustering = labelled(x, *options[k])
-    return HeadChoice(**vars(clustering), choice=KChoice(k=k, criterion=CRITERION, k_max=ks[-1], scores=scores))
+    choice = KChoice(k=k, criterion=CRITERION, k_max=ks[-1], scores=scores, note=kept_note(scores, k))
+    return HeadChoice(**vars(clustering), choice=choice)
 
 
-def chosen_k(points: dict[int, np.ndarray], trained_k: int | None) -> int:
+def kept_note(scores: list[tuple[int, float]], k: int) -> str | None:
+    """Why `k` was taken over a higher-scoring k (`chosen_k`), for the job's record; None where it is the highest."""
+    best, top = max(scores, key=lambda pair: pair[1])
+    if best == k:
+        return None
+    return (f"k = {best} scored highest ({top:.3f}), but no fitted head beat the run's own classifier "
+            f"(k = {k}, {dict(scores)[k]:.3f}) by more than the spread between fits allows")
+
+
+def fit_noise(per_restart: dict[int, list[np.ndarray | None]]) -> float:
+    """The standard deviation of one fit's mean silhouette around its k's, pooled over the
+    candidates' restarts (the same k fitted from other starts); 0 without two restarts of one k."""
+    variances = []
+    for restarts in per_restart.values():
+        means = [float(values.mean()) for values in restarts if values is not None]
+        if len(means) > 1:
+            variances.append(float(np.var(means, ddof=1)))
+    return math.sqrt(float(np.mean(variances))) if variances else 0.0
+
+
+def chosen_k(points: dict[int, np.ndarray], trained_k: int | None, fit_sd: float = 0.0) -> int:
     """The k of the best mean silhouette among the training k and the candidates that beat it
-    significantly (ALPHA); the plain best where the training k has no partition."""
+    significantly (ALPHA); the plain best where the training k has no partition. The difference's
+    standard error is that of its points' mean together with `fit_sd` (`fit_noise`) for each of
+    the two partitions: which partition one fit reaches is itself a draw."""
     means = {k: float(values.mean()) for k, values in points.items()}
     best = max(means, key=means.__getitem__)
     if trained_k not in points or best == trained_k:
@@ -229,7 +264,8 @@ def chosen_k(points: dict[int, np.ndarray], trained_k: int | None) -> int:
 
     def significant(k: int) -> bool:
         difference = points[k] - points[trained_k]
-        return float(difference.mean()) > threshold * float(difference.std(ddof=1)) / math.sqrt(len(difference))
+        error = math.sqrt(float(difference.var(ddof=1)) / len(difference) + 2 * fit_sd**2)
+        return float(difference.mean()) > threshold * error
 
     return max([trained_k, *(k for k in points if k != trained_k and significant(k))], key=means.__getitem__)
 

@@ -36,10 +36,11 @@ class KChoice:
     criterion: str
     k_max: int
     scores: list[tuple[int, float]]  # (k, the criterion's value), for every k tried; higher is better
+    note: str | None = None  # why k is not the highest-scoring k, where it is not
 
     def to_dict(self) -> dict[str, object]:
         return {"k": self.k, "criterion": self.criterion, "k_max": self.k_max,
-                "scores": [{"k": k, "score": _json_float(score)} for k, score in self.scores]}
+                "scores": [{"k": k, "score": _json_float(score)} for k, score in self.scores], "note": self.note}
 
 
 Criterion = Callable[[np.ndarray, np.ndarray, np.ndarray], float]  # (x, labels, distances) -> higher = better

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from store import blobs, jobs, keys
 from store.db import make_engine, make_sessionmaker
 from store.models import ApiKey, JobState
+from store.models import Job as JobRow
 from store.settings import Settings
 from tests.conftest import fresh_pg_database
 from worker.run import execute_job
@@ -295,6 +296,14 @@ def test_an_auto_k_job_records_its_choice(
     page = client.get(f"/ui/jobs/{queued['id']}").text
     assert 'id="k-choice"' in page and page.count('class="k-score') == len(tried)
     assert page.count('class="k-score chosen"') == 1
+    assert choice["note"] is None and "the highest" in page and 'id="k-note"' not in page  # k-means: the best k
+    with sessions() as session, session.begin():  # a choice that kept a lower-scoring k, as IMC-SwAV's can
+        stored = session.get(JobRow, uuid.UUID(queued["id"]))
+        assert stored is not None
+        stored.k_selection = {**choice, "note": "k = 2 scored highest, but the classifier was kept"}
+    assert client.get(f"/jobs/{queued['id']}").json()["k_selection"]["note"].startswith("k = 2 scored highest")
+    page = client.get(f"/ui/jobs/{queued['id']}").text
+    assert 'id="k-note">k = 2 scored highest, but the classifier was kept<' in page and "the highest" not in page
 
 
 @pytest.mark.parametrize("params", [{"method": "kmeans"}, {"k": None, "method": "kmeans"}])

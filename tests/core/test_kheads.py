@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -18,8 +19,10 @@ from core.kheads import (
     candidates,
     choose_k_by_heads,
     chosen_k,
+    fit_noise,
     head_at,
     imc_readout_of,
+    kept_note,
 )
 from core.predictor import Predictor
 from core.recluster import recluster, reclustered_predictor
@@ -152,6 +155,34 @@ def test_a_head_replaces_the_run_s_classifier_only_by_a_significant_margin() -> 
     points[4] = base + 0.02 + noise  # 22 standard errors
     assert chosen_k(points, trained_k=10) == 4  # clearly higher: the head wins
     assert chosen_k({10: base}, trained_k=10) == 10 and chosen_k({7: base}, trained_k=10) == 7
+
+
+def test_a_gain_within_the_spread_of_fits_keeps_the_classifier() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.normal(0.2, 0.1, 3000)
+    points = {10: base, 4: base + 0.02 + np.tile([0.05, -0.05], 1500), 12: base - 0.01}  # 22 point errors
+    # one fit's mean silhouette moves by 0.01 between starts: a gain of 0.02 is 1.4 of the
+    # difference's standard errors, below z = 1.96 (2.5 %: Bonferroni over 2 candidates)
+    assert chosen_k(points, trained_k=10, fit_sd=0.01) == 10
+    assert chosen_k(points, trained_k=10, fit_sd=0.002) == 4  # a gain far past a small spread wins
+
+
+def test_the_record_says_why_a_lower_scoring_classifier_was_kept() -> None:
+    scores = [(2, 0.19), (6, 0.213), (10, 0.187), (11, 0.2), (50, -math.inf)]
+    note = kept_note(scores, 10)
+    assert note is not None and "k = 6 scored highest (0.213)" in note and "(k = 10, 0.187)" in note
+    assert kept_note(scores, 6) is None
+
+
+def test_fit_noise_pools_the_spread_of_each_k_s_restarts() -> None:
+    def restart(mean: float) -> np.ndarray:
+        return np.full(50, mean)
+
+    per_restart = {5: [restart(0.20), restart(0.22), restart(0.24)],  # variance 4e-4
+                   7: [restart(0.10), None, restart(0.12)],  # variance 2e-4: a restart that is no partition is left out
+                   9: [restart(0.3), None, None]}  # one partition: no spread to measure
+    assert fit_noise(per_restart) == pytest.approx(np.sqrt(3e-4))
+    assert fit_noise({5: [restart(0.2), None, None]}) == 0.0
 
 
 def test_a_trained_classifier_that_splits_the_clusters_gives_way_to_their_number() -> None:

@@ -21,7 +21,8 @@ def test_choice_is_json_safe_and_k_max_capped_by_the_points() -> None:
     choice = choose_k(x, 50)
     assert choice.k_max == 5  # 6 points: at most 5 clusters can be scored
     data = json.loads(json.dumps(choice.to_dict(), allow_nan=False))
-    assert set(data) == {"k", "criterion", "k_max", "scores"} and data["k"] == choice.k
+    assert set(data) == {"k", "criterion", "k_max", "scores", "note"} and data["k"] == choice.k
+    assert data["note"] is None  # the k-means path takes the highest score
     assert [s["k"] for s in data["scores"]] == [2, 3, 4, 5]
 
 
