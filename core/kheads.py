@@ -48,7 +48,7 @@ GRID_STEP = 1.25  # above DENSE_UP_TO, each candidate about this much larger tha
 # A fitted head replaces the run's classifier (the training k's candidate) only where its
 # silhouette is higher by a significant margin: a one-sided test at this level of the mean paired
 # per-point difference, Bonferroni-corrected over the other candidates (z = 2.84 for k_max = 50),
-# whose standard error also holds the spread between fits of one k (`fit_noise`: 0.008-0.012 on
+# whose standard error also holds the spread between fits of one k (`fit_noise`: 0.008-0.015 on
 # the 10,000-image runs, where the points' own error was 0.002-0.003). The classifier trained on
 # every crop for the whole run and the heads were fitted afterwards, so on a plateau the heads'
 # partitions are the weaker ones (bench/RESULTS.md, "Choosing k, the classifier unless beaten",
@@ -227,17 +227,20 @@ def choose_k_by_heads(features: np.ndarray | torch.Tensor, codes: np.ndarray | t
     scores = [(k, float(points[k].mean()) if k in points else -math.inf) for k in ks]
     k = chosen_k(points, None if trained is None else trained.k, fit_noise(per_restart)) if points else ks[0]
     clustering = labelled(x, *options[k])
-    choice = KChoice(k=k, criterion=CRITERION, k_max=ks[-1], scores=scores, note=kept_note(scores, k))
+    note = kept_note(scores, k, None if trained is None else trained.k)
+    choice = KChoice(k=k, criterion=CRITERION, k_max=ks[-1], scores=scores, note=note)
     return HeadChoice(**vars(clustering), choice=choice)
 
 
-def kept_note(scores: list[tuple[int, float]], k: int) -> str | None:
-    """Why `k` was taken over a higher-scoring k (`chosen_k`), for the job's record; None where it is the highest."""
+def kept_note(scores: list[tuple[int, float]], k: int, trained_k: int | None) -> str | None:
+    """Why `chosen_k` took `k` over a higher-scoring k, for the job's record; None where k is the highest."""
     best, top = max(scores, key=lambda pair: pair[1])
-    if best == k:
+    if best == k or trained_k is None:
         return None
-    return (f"k = {best} scored highest ({top:.3f}), but no fitted head beat the run's own classifier "
-            f"(k = {k}, {dict(scores)[k]:.3f}) by more than the spread between fits allows")
+    value = dict(scores)
+    kept = (f"k = {best} scored highest ({top:.3f}), but not above the run's own classifier "
+            f"(k = {trained_k}, {value[trained_k]:.3f}) by more than the spread between fits allows")
+    return kept if k == trained_k else f"{kept}; the head at k = {k} ({value[k]:.3f}) did"
 
 
 def fit_noise(per_restart: dict[int, list[np.ndarray | None]]) -> float:

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.cli import main
+from store.models import Job as JobRow
 from store.settings import Settings
 from tests.conftest import make_zip
 from worker.run import execute_job
@@ -78,6 +79,13 @@ def test_submit_without_k_then_recluster_at_another_k(
     assert execute_job(uuid.UUID(job_id), settings=settings, sessions=sessions) == "succeeded"
     code, out, _ = corral(capsys, "status", job_id, "--server", server)
     assert code == 0 and "k chosen by" in out and "from 2..5" in out
+    assert "scored highest" not in out  # k-means takes the highest score: no note
+    with sessions() as session, session.begin():  # a choice that kept a lower-scoring k, as IMC-SwAV's can
+        stored = session.get(JobRow, uuid.UUID(job_id))
+        assert stored is not None and stored.k_selection is not None
+        stored.k_selection = {**stored.k_selection, "note": "k = 2 scored highest, but the classifier was kept"}
+    code, out, _ = corral(capsys, "status", job_id, "--server", server)
+    assert code == 0 and "\n  k = 2 scored highest, but the classifier was kept\n" in out
 
     code, out, _ = corral(capsys, "recluster", job_id, "--k", "2", "--server", server)
     assert code == 0

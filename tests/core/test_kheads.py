@@ -169,9 +169,12 @@ def test_a_gain_within_the_spread_of_fits_keeps_the_classifier() -> None:
 
 def test_the_record_says_why_a_lower_scoring_classifier_was_kept() -> None:
     scores = [(2, 0.19), (6, 0.213), (10, 0.187), (11, 0.2), (50, -math.inf)]
-    note = kept_note(scores, 10)
-    assert note is not None and "k = 6 scored highest (0.213)" in note and "(k = 10, 0.187)" in note
-    assert kept_note(scores, 6) is None
+    note = kept_note(scores, 10, trained_k=10)
+    assert note == ("k = 6 scored highest (0.213), but not above the run's own classifier (k = 10, 0.187) "
+                    "by more than the spread between fits allows")
+    # a head that beat the classifier significantly, though another scored higher without doing so
+    assert kept_note(scores, 11, trained_k=10) == f"{note}; the head at k = 11 (0.200) did"
+    assert kept_note(scores, 6, trained_k=10) is None and kept_note(scores, 11, trained_k=None) is None
 
 
 def test_fit_noise_pools_the_spread_of_each_k_s_restarts() -> None:
