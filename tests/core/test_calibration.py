@@ -9,6 +9,7 @@ from core.calibration import (
     CalibratedReadout,
     Calibration,
     calibrate,
+    co_assignment,
     posterior,
     projected,
     reduce,
@@ -41,9 +42,9 @@ def test_separated_unequal_classes_get_confidence_near_one():
 
 
 def test_overlapping_classes_get_calibrated_confidences():
-    x, truth = blobs([200] * 4, separation=3.0, dims=4)
-    labels, raw = kmeans_run(x, 4)
-    confidences, _ = calibrate(raw, x, labels, 4)
+    x, truth = blobs([300] * 10, separation=1.5, dims=16)  # bench.calibration's overlapping toy
+    labels, raw = kmeans_run(x, 10)
+    confidences, _ = calibrate(raw, x, labels, 10)
     before = expected_calibration_error(truth, labels, raw)
     after = expected_calibration_error(truth, labels, confidences)
     assert after <= 0.1 and after < before / 2  # the raw softmax is far off here
@@ -73,6 +74,24 @@ def test_images_a_run_put_in_the_wrong_cluster_get_a_low_posterior():
     index, estimate = posterior(x, labels, 3, seed=0)
     assert np.array_equal(index, np.arange(600))  # fewer images than the sample: all of them
     assert estimate[moved].max() < 0.1 and np.delete(estimate, moved).min() > 0.9
+
+
+def test_a_cluster_that_merged_two_separated_classes_gets_about_half():
+    x, truth = blobs([200] * 4, separation=12.0)
+    labels = truth.copy()
+    labels[truth == 3] = 2  # the run's mistake: blobs 2 and 3 in one cluster
+    labels[np.flatnonzero(truth == 0)[::2]] = 3  # and blob 0 cut in two, so k is still 4
+    _, estimate = posterior(x, labels, 4, seed=0)
+    # mixtures started from k-means++ find the four blobs and beat, by far, the fits started at
+    # the run's clusters; in them an image of cluster 2 shares its component with half its mates
+    assert estimate[labels == 2] == pytest.approx(0.5, abs=0.05)
+    assert estimate[labels == 1].min() > 0.95
+
+
+def test_co_assignment_is_the_share_of_cluster_mates_in_the_images_component():
+    responsibilities = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.5, 0.5]])
+    column = np.array([0, 0, 0, 1, 1])  # cluster 0: two in component 0, one in 1; cluster 1: split
+    assert co_assignment(responsibilities, column, 2) == pytest.approx([2 / 3, 2 / 3, 1 / 3, 0.75, 0.5])
 
 
 def test_posterior_does_not_depend_on_the_cluster_names():
