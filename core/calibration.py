@@ -55,8 +55,8 @@ FULL_MAX_K = 32
 # its one fit) re-clustering a 70,000-image job at k = 30 took 10.8-11.2 s end to end, over its
 # 10 s target (bench/RESULTS.md, "Calibration: mixtures free to find their own groups").
 EM_COST = 20_000_000
-# EM fits run at once, each on one BLAS thread: re-clustering at k = 30 took 8.3 s in its
-# calibration with the four fits in turn (bench/RESULTS.md, same section)
+# EM fits run at once, each on one BLAS thread: re-clustering's fit-and-calibrate step at k = 30
+# took 8.3 s with the four fits in turn, 5.9 s two at a time (bench/RESULTS.md, same section)
 FIT_THREADS = 2
 # The mixtures averaged (bench/RESULTS.md, "Calibration: mixtures free to find their own groups"):
 # ones started at the run's clusters stay there; ones started from k-means++ alone find the
@@ -112,9 +112,12 @@ def posterior(embeddings: np.ndarray, labels: np.ndarray, k: int, seed: int,
         means = np.stack([x[column == c].mean(0) for c in range(m)])
         starts = RUN_STARTS + FREE_STARTS
         iterations = int(np.clip(EM_COST // (len(x) * m * starts), MIN_ITERATIONS, 100))
-        # numpy's products release the GIL, so two fits at a time use two cores
-        with ThreadPoolExecutor(FIT_THREADS) as pool:
-            fits = list(pool.map(lambda start: _mixture(x, m, iterations, first + start,
+        full = k <= FULL_MAX_K
+        # numpy's products release the GIL, so two fits at a time use two cores; the warning
+        # filter is process-wide, so it is set here, not in the threads
+        with warnings.catch_warnings(), ThreadPoolExecutor(FIT_THREADS) as pool:
+            warnings.filterwarnings("ignore", category=ConvergenceWarning)  # stopped at `iterations`: still fitted
+            fits = list(pool.map(lambda start: _mixture(x, m, full, iterations, first + start,
                                                         means if start < RUN_STARTS else None), range(starts)))
         likelihoods = np.array([mixture.score(x) for mixture in fits])  # mean log-likelihood per row
         kept = [mixture for mixture, likelihood in zip(fits, likelihoods, strict=True)
@@ -133,15 +136,14 @@ def co_assignment(responsibilities: np.ndarray, column: np.ndarray, m: int) -> n
     return np.clip((responsibilities * profile[column]).sum(1), 0.0, 1.0)
 
 
-def _mixture(x: np.ndarray, m: int, iterations: int, seed: int, means: np.ndarray | None) -> GaussianMixture:
-    """One EM fit: from the run's cluster means (sklearn's k-means start for the weights and
-    covariances) or, with `means` None, from k-means++ centres alone."""
-    mixture = GaussianMixture(m, covariance_type="full" if m <= FULL_MAX_K else "diag", means_init=means,
+def _mixture(x: np.ndarray, m: int, full: bool, iterations: int, seed: int,
+             means: np.ndarray | None) -> GaussianMixture:
+    """One EM fit of m components: from the run's cluster means (sklearn's k-means start for the
+    weights and covariances) or, with `means` None, from k-means++ centres alone."""
+    mixture = GaussianMixture(m, covariance_type="full" if full else "diag", means_init=means,
                               init_params="kmeans" if means is not None else "k-means++",
                               reg_covar=REG_COVAR, max_iter=iterations, random_state=seed)
-    with warnings.catch_warnings():  # an EM stopped at `iterations` is still a fitted mixture
-        warnings.filterwarnings("ignore", category=ConvergenceWarning)
-        return mixture.fit(x)
+    return mixture.fit(x)
 
 
 def projected(features: np.ndarray, seed: int) -> np.ndarray:
