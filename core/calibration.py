@@ -22,8 +22,8 @@ a pair-level estimate: an image surely in the main group of a cluster whose shar
 group is a gets a, where that mixture's own posterior says 1, so a cluster's mean is nearer a^2
 than a. On clean but overlapping groups it is therefore low by a few points (the overlapping
 toy: mean confidence 0.89 at ACC 0.97). What it cannot see: a class split whole into two
-compact groups (both halves read as right). MMDC hands over its backbone's features (`projected`), not its
-embedding, which is trained towards the run's own targets.
+compact groups (both halves read as right). MMDC hands over its backbone's features
+(`projected`), not its embedding, which is trained towards the run's own targets.
 """
 
 from __future__ import annotations

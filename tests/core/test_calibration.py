@@ -41,13 +41,19 @@ def test_separated_unequal_classes_get_confidence_near_one():
     assert confidences.min() >= 0.98 and expected_calibration_error(truth, labels, confidences) <= 0.02
 
 
-def test_overlapping_classes_get_calibrated_confidences():
-    x, truth = blobs([300] * 10, separation=1.5, dims=16)  # bench.calibration's overlapping toy
-    labels, raw = kmeans_run(x, 10)
-    confidences, _ = calibrate(raw, x, labels, 10)
+@pytest.mark.parametrize(("sizes", "separation", "dims"), [
+    ([200] * 4, 3.0, 4),  # the raw softmax is already within 0.06 here
+    ([300] * 10, 1.5, 16),  # bench.calibration's overlapping toy: the raw softmax is far off
+])
+def test_overlapping_classes_get_calibrated_confidences(sizes: list[int], separation: float, dims: int):
+    x, truth = blobs(sizes, separation=separation, dims=dims)
+    labels, raw = kmeans_run(x, len(sizes))
+    confidences, _ = calibrate(raw, x, labels, len(sizes))
     before = expected_calibration_error(truth, labels, raw)
     after = expected_calibration_error(truth, labels, confidences)
-    assert after <= 0.1 and after < before / 2  # the raw softmax is far off here
+    assert after <= 0.1
+    if before > 0.2:
+        assert after < before / 2
 
 
 def test_calibration_keeps_the_raw_order_and_the_unit_interval():
