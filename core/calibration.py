@@ -23,7 +23,8 @@ group is a gets a, where that mixture's own posterior says 1, so a cluster's mea
 than a. On clean but overlapping groups it is therefore low by a few points (the overlapping
 toy: mean confidence 0.89 at ACC 0.97). What it cannot see: a class split whole into two
 compact groups (both halves read as right). MMDC hands over its backbone's features
-(`projected`), not its embedding, which is trained towards the run's own targets.
+(`projected`), not its embedding, which is trained towards the run's own targets; IMC-SwAV its
+unit projection, not its encoder features, whose sub-styles the free fits split.
 """
 
 from __future__ import annotations

@@ -58,5 +58,5 @@ class MethodOutput:
     precision: str = "fp32"  # what the predictor must run in to reproduce `labels`: bf16 or fp32
     # (N, F) where calibration fits its mixture, if not `embeddings`: MMDC's backbone features, as
     # its k-d embedding is trained towards its own targets and looks separated whatever the
-    # clusters' purity (docs/algorithms.md §8). None: the embeddings.
+    # clusters' purity; IMC-SwAV's unit projection (docs/algorithms.md §8). None: the embeddings.
     calibration_features: torch.Tensor | None = None

@@ -59,5 +59,6 @@ class ClusterResult:
     # How k was chosen when the config left it None (then k = len(centres)); None when k was given
     k_choice: KChoice | None = None
     # (N, <= 32) float32 where calibration fits its mixture, if not `embeddings` (MMDC: its
-    # backbone's features, projected by core.calibration.projected); kept for re-clustering
+    # backbone's features, IMC-SwAV: its unit projection, by core.calibration.projected); kept
+    # for re-clustering
     calibration_space: np.ndarray | None = None

@@ -76,7 +76,7 @@ def run_reclustering(
     if not path.is_file():
         raise InvalidInput(f"the source job {source.id} finished before embeddings were kept")
     embeddings = _rows(path, len(images))
-    space_path = blobs.calibration_space_path(settings, source.id)  # MMDC's: where the source calibrated
+    space_path = blobs.calibration_space_path(settings, source.id)  # MMDC's, IMC-SwAV's: where it calibrated
     space = _rows(space_path, len(images)) if space_path.is_file() else None
     if not 2 <= job.k <= len(images):
         raise InvalidInput(f"k={job.k} needs 2 <= k <= {len(images)}, the images the source clustered")

@@ -24,7 +24,8 @@ Section numbers refer to docs/algorithms.md §2; the adaptations to arbitrary up
   cumulative averages, i.e. the population statistics of the images we label (transductive, as
   the reference's test-batch warm-up, §2.9), replacing the crop statistics from training;
 - embeddings: the encoder features the classifier reads (512-d ResNet, 256-d VGG), so labels,
-  centres and embeddings share one space; the projection only serves the prototype cosines.
+  centres and embeddings share one space; the projection serves the prototype cosines, and
+  calibration fits its mixtures on its unit vectors (`unit_projection`).
 
 `train_imc` at the end is the whole run in order: set-up, resume, then per epoch one pass of
 training steps and one `end_epoch`; the functions above it are its step, views and read-out.
@@ -307,4 +308,15 @@ def train_imc(images: torch.Tensor, config: ClusterConfig, ctx: RunContext) -> M
     centres = centres_of(embeddings, labels, config.k)
     predictor = IMCReadout(state.model, views.mean, views.std, config.imc.temperature)
     return MethodOutput(labels, confidences, embeddings, centres, state.history, resumed_from,
-                        state.train_seconds, predictor, resolve_precision(ctx.device, config.precision))
+                        state.train_seconds, predictor, resolve_precision(ctx.device, config.precision),
+                        calibration_features=unit_projection(state.model, embeddings))
+
+
+def unit_projection(model: IMCNet, features: torch.Tensor) -> torch.Tensor:
+    """(N, project_dim) float32: the unit vectors the prototypes score, where calibration fits its
+    mixtures (docs/algorithms.md §8): on the encoder features they split digit sub-styles the
+    classifier keeps together, and read a 70,000-image MNIST job low (bench/RESULTS.md,
+    "Calibration on IMC-SwAV's projection")."""
+    with torch.no_grad():
+        return torch.cat([F.normalize(model.project(features[part].float()), dim=1)
+                          for part in batches(features.shape[0], 4096)])

@@ -3,11 +3,13 @@ import pytest
 import torch
 from PIL import Image
 
+from core.calibration import DIMS, CalibratedReadout, calibrate, projected
 from core.cli import main
 from core.config import ClusterConfig, IMCParams
-from core.methods.imc import channel_stats, losses_of
+from core.methods.imc import IMCReadout, channel_stats, losses_of, unit_projection
 from core.methods.imc_plan import default_prototypes, learning_rate, make_plan
 from core.pipeline import cluster
+from core.predictor import Predictor
 from core.result import Progress
 from tests.core.conftest import IMCRun, striped_images
 
@@ -132,6 +134,25 @@ def test_cluster_imc_returns_labels_confidences_and_embeddings(tiny_images, conf
     assert result.embeddings.shape == (n, 256)  # the pooled small VGG for grey 16 px images
     assert result.centres.shape == (3, 256)
     assert len(result.history) == 2 and np.isfinite(result.history[-1]["loss"])
+
+
+def test_imc_confidences_are_calibrated_on_the_unit_projection(tiny_images, config):
+    # the encoder features hold sub-styles the classifier keeps together; the mixtures look at
+    # the projection the prototypes score, which the run keeps for re-clustering
+    result = cluster(tiny_images, config)
+    space = result.calibration_space
+    n = tiny_images.shape[0]
+    assert space is not None and space.shape == (n, min(DIMS, n)) and space.dtype == np.float32
+    assert result.predictor is not None and isinstance(result.predictor.readout, CalibratedReadout)
+    base = result.predictor.readout.base
+    assert isinstance(base, IMCReadout)
+    raw = Predictor(base, 16, 1, 3, "imc", result.predictor.precision)(torch.from_numpy(tiny_images))[1]
+    unit = unit_projection(base.net, torch.from_numpy(result.embeddings))  # of the features the run read out
+    assert unit.shape == (n, config.imc.project_dim)
+    assert torch.linalg.vector_norm(unit, dim=1) == pytest.approx(torch.ones(n), abs=1e-5)
+    np.testing.assert_allclose(space, projected(unit.numpy(), seed=0), atol=1e-5)
+    expected, _ = calibrate(raw, space, result.labels, 3, seed=0)
+    np.testing.assert_allclose(result.confidences, expected, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -252,17 +252,21 @@ def test_a_reclustering_writes_its_own_result_from_the_source_embeddings(
     assert not blobs.embeddings_path(settings, job_id).exists()  # it reads its source's
 
 
-def test_an_mmdc_job_keeps_its_calibration_space_and_its_reclustering_calibrates_there(
-    settings: Settings, sessions: sessionmaker[Session]
+@pytest.mark.parametrize(("method", "width"), [
+    ("mmdc", 3),  # the k-d embedding; calibration looks at the backbone's features
+    ("imc", 256),  # the encoder's features; calibration looks at the unit projection
+])
+def test_a_deep_job_keeps_its_calibration_space_and_its_reclustering_calibrates_there(
+    settings: Settings, sessions: sessionmaker[Session], method: str, width: int
 ) -> None:
     import numpy as np
 
-    source = stored_job(settings, sessions, {"k": 3, "method": "mmdc", "epochs": 2, "batch_size": 8})
+    source = stored_job(settings, sessions, {"k": 3, "method": method, "epochs": 2, "batch_size": 8})
     assert execute_job(source, settings=settings, sessions=sessions) == JobState.SUCCEEDED
     space = np.load(blobs.calibration_space_path(settings, source))
     embeddings = np.load(blobs.embeddings_path(settings, source))
-    assert space.shape[0] == embeddings.shape[0] == 24 and embeddings.shape[1] == 3  # the k-d embedding
-    assert space.dtype == np.float32 and 3 < space.shape[1] <= 32  # the backbone's, projected
+    assert space.shape[0] == embeddings.shape[0] == 24 and embeddings.shape[1] == width
+    assert space.dtype == np.float32 and 3 < space.shape[1] <= 32  # projected to at most 32 axes
     with sessions() as session, session.begin():
         row = jobs.get_job(session, job_id=source)
         assert row is not None
