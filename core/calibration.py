@@ -150,8 +150,9 @@ def _mixture(x: np.ndarray, m: int, full: bool, iterations: int, seed: int,
 def projected(features: np.ndarray, seed: int) -> np.ndarray:
     """(N, <= DIMS) float32: `features` (N, F) on the DIMS principal axes of a seeded sample of
     SAMPLE rows, for every row. A method whose embedding is not where calibration should look
-    (MMDC's, trained towards its own targets) hands these over, small enough to keep for
-    re-clustering; `reduce` then only centres and normalises them."""
+    (MMDC's, trained towards its own targets; IMC-SwAV's, whose sub-styles the free fits split)
+    hands these over, small enough to keep for re-clustering; `reduce` then only centres and
+    normalises them."""
     n = features.shape[0]
     if features.shape[1] <= DIMS:
         return features.astype(np.float32)
